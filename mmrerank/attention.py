@@ -1,0 +1,94 @@
+"""Attention whose memory grows linearly with sequence length: no length x length tensor, ever.
+
+Global layers use SDPA with a per-key padding mask (or none when no row is padded); sliding-window
+layers attend block by block, each block of `half_window` queries seeing only its own and its two
+neighbouring key blocks. Padded query rows may see padded keys so that no softmax row is empty.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# Up to this length a sliding-window layer uses one dense banded mask; beyond it, blocks.
+DENSE_LOCAL_MAX_LENGTH = 256
+
+
+def key_padding_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:
+    """Boolean [batch, length]: True where the position holds a real token."""
+    positions = torch.arange(length, device=lengths.device)
+    return positions[None, :] < lengths[:, None]
+
+
+def global_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor | None
+) -> torch.Tensor:
+    """Full bidirectional attention over [batch, heads, length, head_dim] tensors.
+
+    `valid` is the [batch, length] key mask, or None when no row is padded.
+    """
+    mask = None if valid is None else valid[:, None, None, :]
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+
+
+def _dense_local_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, half_window: int
+) -> torch.Tensor:
+    length = key.shape[2]
+    positions = torch.arange(length, device=key.device)
+    band = (positions[:, None] - positions[None, :]).abs() <= half_window
+    allowed = band[None] & (valid[:, None, :] | ~valid[:, :, None])
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=allowed[:, None])
+
+
+def _blocked_local_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, half_window: int
+) -> torch.Tensor:
+    batch, heads, length, head_dim = query.shape
+    block = half_window
+    num_blocks = -(-length // block)
+    padded = num_blocks * block
+
+    def blocks_of(tensor: torch.Tensor) -> torch.Tensor:
+        # [B, H, T, D] -> zero-pad one block before and after -> [B, nb, H, 3*block, D] windows
+        tensor = F.pad(tensor, (0, 0, block, padded - length + block))
+        windows = tensor.unfold(2, 3 * block, block)  # [B, H, nb, D, 3*block]
+        return windows.permute(0, 2, 1, 4, 3).reshape(batch * num_blocks, heads, 3 * block, head_dim)
+
+    q = F.pad(query, (0, 0, 0, padded - length))
+    q = q.view(batch, heads, num_blocks, block, head_dim).transpose(1, 2)
+    q = q.reshape(batch * num_blocks, heads, block, head_dim)
+    k, v = blocks_of(key), blocks_of(value)
+
+    valid_padded = F.pad(valid, (block, padded - length + block), value=False)
+    key_valid = valid_padded.unfold(1, 3 * block, block)  # [B, nb, 3*block]
+    query_valid = F.pad(valid, (0, padded - length), value=False).view(batch, num_blocks, block)
+    offsets = torch.arange(3 * block, device=query.device)[None, :] - torch.arange(block, device=query.device)[:, None]
+    band = (offsets >= 0) & (offsets <= 2 * half_window)  # |query - key| <= half_window
+    # Keys outside [0, length) are zero padding: real queries never see them; padded queries
+    # may, which keeps every softmax row non-empty and finite.
+    allowed = band[None, None] & (key_valid[:, :, None, :] | ~query_valid[:, :, :, None])
+    allowed = allowed.reshape(batch * num_blocks, 1, block, 3 * block)
+
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+    out = out.view(batch, num_blocks, heads, block, head_dim).transpose(1, 2)
+    return out.reshape(batch, heads, padded, head_dim)[:, :, :length]
+
+
+def local_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, half_window: int
+) -> torch.Tensor:
+    """Sliding-window attention (|query - key| <= half_window) over [batch, heads, length, head_dim]."""
+    if key.shape[2] <= DENSE_LOCAL_MAX_LENGTH:
+        return _dense_local_attention(query, key, value, valid, half_window)
+    return _blocked_local_attention(query, key, value, valid, half_window)
+
+
+def cls_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, half_window: int | None
+) -> torch.Tensor:
+    """Attention for position 0 only (query [batch, heads, 1, head_dim]), globally or in its window."""
+    if half_window is not None:
+        reach = min(key.shape[2], half_window + 1)
+        key, value, valid = key[:, :, :reach], value[:, :, :reach], valid[:, :reach]
+    return F.scaled_dot_product_attention(query, key, value, attn_mask=valid[:, None, None, :])
