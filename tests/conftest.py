@@ -1,0 +1,42 @@
+"""Shared fixtures: one tiny demo checkpoint per session, its reference scorer and its reranker."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from mmrerank.demo import build_demo_checkpoint  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight checkpoint in the published layout (6 layers, hidden 128, 20 exits)."""
+    return build_demo_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_checkpoint: Path):
+    """The straightforward transformers-based scorer of the tiny checkpoint."""
+    from reference import ReferenceScorer
+
+    return ReferenceScorer(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def reranker(tiny_checkpoint: Path):
+    """The library's reranker on the tiny checkpoint, fp32 on the CPU."""
+    from mmrerank.model import MatryoshkaReranker
+
+    return MatryoshkaReranker.from_pretrained(tiny_checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def pair_tokenizer(tiny_checkpoint: Path):
+    """The library's pair tokenizer for the tiny checkpoint."""
+    from mmrerank.tokenization import PairTokenizer
+
+    return PairTokenizer.from_file(tiny_checkpoint / "tokenizer.json", bos_id=2, eos_id=1, pad_id=0)

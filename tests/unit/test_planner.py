@@ -1,0 +1,54 @@
+"""The micro-batch planner: coverage, order, budget, grouping by layer."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from mmrerank.planner import plan_micro_batches
+
+
+def random_workload(seed: int, count: int = 300) -> tuple[list[int], list[int]]:
+    rng = random.Random(seed)
+    lengths = [rng.choice([rng.randint(5, 300), rng.randint(1000, 4000)]) for _ in range(count)]
+    layers = [rng.choice([3, 6, 11, 22]) for _ in range(count)]
+    return lengths, layers
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_pair_is_planned_exactly_once(seed):
+    lengths, layers = random_workload(seed)
+    batches = plan_micro_batches(lengths, layers, max_batch_tokens=8192)
+    planned = sorted(i for batch in batches for i in batch.indices)
+    assert planned == list(range(len(lengths)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_batches_hold_one_layer_and_respect_the_budget(seed):
+    lengths, layers = random_workload(seed)
+    for batch in plan_micro_batches(lengths, layers, max_batch_tokens=8192):
+        assert {layers[i] for i in batch.indices} == {batch.layer}
+        assert batch.padded_length == max(lengths[i] for i in batch.indices)
+        assert batch.padded_tokens <= 8192 or len(batch.indices) == 1
+
+
+def test_a_pair_longer_than_the_budget_runs_alone():
+    batches = plan_micro_batches([10, 5000, 12], [22, 22, 22], max_batch_tokens=1000)
+    assert [batch.indices for batch in batches] == [(1,), (2, 0)]
+
+
+def test_sorting_keeps_padding_small():
+    lengths = [10, 3000, 11, 2990, 12, 2980]
+    batches = plan_micro_batches(lengths, [22] * 6, max_batch_tokens=9000)
+    assert [sorted(batch.indices) for batch in batches] == [[1, 3, 5], [0, 2, 4]]
+
+
+def test_pair_cap_limits_rows():
+    batches = plan_micro_batches([5] * 10, [3] * 10, max_batch_tokens=10_000, max_batch_pairs=4)
+    assert [len(batch.indices) for batch in batches] == [4, 4, 2]
+
+
+def test_mismatched_inputs_are_refused():
+    with pytest.raises(ValueError, match="one entry per pair"):
+        plan_micro_batches([1, 2], [3], max_batch_tokens=10)
