@@ -1,6 +1,7 @@
-"""Server-side library for the mmBERT 2D-Matryoshka reranker: loading, scoring, batching, validation."""
+"""Server-side library for the mmBERT 2D-Matryoshka reranker: loading, scoring, batching, validation.
 
-from mmrerank.checkpoint import CheckpointError, MatryoshkaSpec, load_checkpoint
-from mmrerank.model import MatryoshkaReranker
+Import the submodules you need; the package itself imports nothing heavy, so the tokenizer
+process never loads torch.
+"""
 
-__all__ = ["CheckpointError", "MatryoshkaReranker", "MatryoshkaSpec", "load_checkpoint"]
+__version__ = "0.1.0"

@@ -1,0 +1,223 @@
+"""Start a real `tritonserver` on this project's model repository, wait until ready, stop it cleanly.
+
+Uses the `tritonserver` on PATH when there is one (the NVIDIA and ROCm containers); otherwise the
+server binary that the `nvidia-pytriton` wheel ships, wired to the Python backend stub matching
+this interpreter. With no checkpoint it builds and serves the tiny demo checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmrerank.settings import CHECKPOINT_ENV
+
+LOGGER = logging.getLogger("mmrerank.serve")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+DEFAULT_DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "demo-tiny"
+EXIT_TIMEOUT_SECONDS = 30
+
+
+class LaunchError(RuntimeError):
+    """The server could not be found, started or made ready."""
+
+
+@dataclass
+class ServerCommand:
+    """The tritonserver command line and the environment it needs."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+
+    def shell(self) -> str:
+        """The command as one shell line, environment first."""
+        assignments = [f"{key}={shlex.quote(value)}" for key, value in sorted(self.env.items())]
+        return " ".join(assignments + [shlex.quote(arg) for arg in self.argv])
+
+
+def gpu_available() -> bool:
+    """Whether PyTorch sees a GPU (CUDA, or ROCm, which PyTorch also calls cuda)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def _pytriton_root() -> Path:
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or spec.origin is None:
+        raise LaunchError(
+            "no tritonserver on PATH and the nvidia-pytriton wheel is not installed; "
+            "run scripts/serve (it installs it) or use the NVIDIA/ROCm Triton container"
+        )
+    return Path(spec.origin).parent
+
+
+def prepare_wheel_backends(target: Path) -> Path:
+    """A backend directory holding the wheel's Python backend and the stub for this interpreter."""
+    root = _pytriton_root() / "tritonserver"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise LaunchError(f"the nvidia-pytriton wheel has no Python backend stub for Python {version}")
+    python_dir = target / "python"
+    python_dir.mkdir(parents=True, exist_ok=True)
+    for item in (root / "backends" / "python").iterdir():
+        if item.is_file():
+            shutil.copy2(item, python_dir / item.name)
+    shutil.copy2(stub, python_dir / stub.name)
+    return target
+
+
+def server_command(args: argparse.Namespace, checkpoint: Path, backend_dir: Path | None) -> ServerCommand:
+    """Build the tritonserver invocation for these options (the containers use the same one)."""
+    env = {CHECKPOINT_ENV: str(checkpoint)}
+    binary = shutil.which("tritonserver")
+    if binary is None:
+        root = _pytriton_root()
+        binary = str(root / "tritonserver" / "bin" / "tritonserver")
+        libs = root.parent / "nvidia_pytriton.libs"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libs), os.environ.get("LD_LIBRARY_PATH", "")]))
+        # The Python backend stub finds this virtual environment's interpreter through PATH.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env["PATH"] = os.pathsep.join(dict.fromkeys(env["PATH"].split(os.pathsep)))
+    argv = [
+        binary,
+        f"--model-repository={args.model_repository}",
+        f"--http-address={args.host}",
+        f"--http-port={args.http_port}",
+        f"--grpc-address={args.host}",
+        f"--grpc-port={args.grpc_port}",
+        f"--metrics-address={args.host}",
+        f"--metrics-port={args.metrics_port}",
+        "--disable-auto-complete-config",
+        f"--exit-timeout-secs={EXIT_TIMEOUT_SECONDS}",
+        f"--log-verbose={args.log_verbose}",
+    ]
+    if backend_dir is not None:
+        argv.append(f"--backend-directory={backend_dir}")
+    if args.device == "cpu" or (args.device == "auto" and not gpu_available()):
+        argv.append("--model-config-name=cpu")
+    return ServerCommand(argv + list(args.extra), env)
+
+
+def wait_until_ready(process: subprocess.Popen[bytes], url: str, timeout: float) -> None:
+    """Poll Triton's readiness endpoint until it answers 200, the process dies, or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LaunchError(f"tritonserver exited with status {process.returncode} before becoming ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise LaunchError(f"tritonserver was not ready within {timeout:.0f} s")
+
+
+def resolve_checkpoint(requested: str | None) -> Path:
+    """The checkpoint to serve: the one given (directory or hub id) or the tiny demo, built on first use."""
+    if requested:
+        from mmrerank.checkpoint import resolve_checkpoint_dir
+
+        return resolve_checkpoint_dir(requested).resolve()
+    if not (DEFAULT_DEMO_CHECKPOINT / "model.safetensors").is_file():
+        from mmrerank.demo import build_demo_checkpoint
+
+        LOGGER.info("building the tiny demo checkpoint (random weights: its scores carry no meaning)")
+        build_demo_checkpoint(DEFAULT_DEMO_CHECKPOINT, "tiny")
+    return DEFAULT_DEMO_CHECKPOINT
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options; anything after `--` goes to tritonserver unchanged."""
+    parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", help="checkpoint directory or hub id (default: the tiny demo checkpoint)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="gpu: the GPU config; cpu: reranker/configs/cpu.pbtxt; auto: gpu when PyTorch sees one")
+    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for readiness")
+    parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument("--print-command", action="store_true",
+                        help="print the tritonserver command line (environment included) and exit")
+    parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then extra tritonserver options")
+    args = parser.parse_args(argv)
+    args.extra = [arg for arg in args.extra if arg != "--"]
+    args.model_repository = args.model_repository.resolve()
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    """Start the server, report where it serves, and forward Ctrl-C / SIGTERM to it."""
+    checkpoint = resolve_checkpoint(args.checkpoint)
+    with tempfile.TemporaryDirectory(prefix="mmrerank-backends-") as scratch:
+        backend_dir = None if shutil.which("tritonserver") else prepare_wheel_backends(Path(scratch))
+        command = server_command(args, checkpoint, backend_dir)
+        if args.print_command:
+            print(command.shell())  # noqa: T201 - this is the command's output
+            return 0
+        LOGGER.info("serving checkpoint %s", checkpoint)
+        process = subprocess.Popen(command.argv, env={**os.environ, **command.env})
+        stopping = False
+
+        def stop(signum: int, _frame: object) -> None:
+            nonlocal stopping
+            stopping = True
+            LOGGER.info("stopping tritonserver (%s)", signal.Signals(signum).name)
+            process.send_signal(signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        try:
+            wait_until_ready(process, f"http://{host}:{args.http_port}/v2/health/ready", args.ready_timeout)
+        except LaunchError:
+            if stopping:
+                return process.wait()
+            process.terminate()
+            process.wait(timeout=EXIT_TIMEOUT_SECONDS + 10)
+            raise
+        LOGGER.info(
+            "ready: HTTP http://%s:%d  gRPC %s:%d  metrics http://%s:%d/metrics  (model 'rerank')",
+            host, args.http_port, host, args.grpc_port, host, args.metrics_port,
+        )
+        try:
+            return process.wait()
+        finally:
+            if process.poll() is None:
+                process.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `scripts/serve`."""
+    logging.basicConfig(level=logging.INFO, format="[serve] %(message)s", stream=sys.stderr)
+    try:
+        return run(parse_args(argv))
+    except LaunchError as error:
+        LOGGER.error("%s", error)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,105 @@
+"""Validation of what a client sends: request parameters, document lists, UTF-8 text.
+
+Every failure is an `InvalidRequest` whose message says what was wrong and what is allowed;
+the Triton models turn it into an INVALID_ARG response for that request alone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmrerank.checkpoint import MatryoshkaSpec
+from mmrerank.tokenization import SPECIAL_TOKENS_PER_PAIR
+
+PARAMETERS = ("layer", "dim", "normalize", "max_length", "truncate")
+MIN_MAX_LENGTH = SPECIAL_TOKENS_PER_PAIR + 1
+
+
+class InvalidRequest(ValueError):
+    """The client sent something this service cannot score; the message is safe to return."""
+
+
+@dataclass(frozen=True)
+class RerankOptions:
+    """The per-request knobs, defaults filled in."""
+
+    layer: int
+    dim: int
+    normalize: bool
+    max_length: int
+    truncate: bool
+
+
+def parse_parameters(text: str) -> dict[str, object]:
+    """Decode the JSON object Triton hands over as a request's parameters."""
+    try:
+        parameters = json.loads(text or "{}")
+    except json.JSONDecodeError as error:
+        raise InvalidRequest("request parameters are not valid JSON") from error
+    if not isinstance(parameters, dict):
+        raise InvalidRequest("request parameters must be an object")
+    return parameters
+
+
+def _integer(parameters: Mapping[str, object], name: str, default: int) -> int:
+    value = parameters.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidRequest(f"parameter '{name}' must be an integer, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _boolean(parameters: Mapping[str, object], name: str, default: bool) -> bool:
+    value = parameters.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"parameter '{name}' must be a boolean (true or false), got {type(value).__name__} {value!r}")
+    return value
+
+
+def parse_options(parameters: Mapping[str, object], spec: MatryoshkaSpec, max_length_cap: int) -> RerankOptions:
+    """Check every parameter's name, type and value; fill in defaults."""
+    unknown = sorted(set(parameters) - set(PARAMETERS))
+    if unknown:
+        raise InvalidRequest(f"unknown parameter '{unknown[0]}'; allowed parameters: {', '.join(PARAMETERS)}")
+    layer = _integer(parameters, "layer", spec.default_layer)
+    if layer not in spec.layer_indices:
+        raise InvalidRequest(f"parameter 'layer' must be one of {list(spec.layer_indices)}, got {layer}")
+    dim = _integer(parameters, "dim", spec.default_dim)
+    if dim not in spec.dim_indices:
+        raise InvalidRequest(f"parameter 'dim' must be one of {list(spec.dim_indices)}, got {dim}")
+    max_length = _integer(parameters, "max_length", max_length_cap)
+    if not MIN_MAX_LENGTH <= max_length <= max_length_cap:
+        raise InvalidRequest(
+            f"parameter 'max_length' must be between {MIN_MAX_LENGTH} and {max_length_cap}, got {max_length}"
+        )
+    return RerankOptions(
+        layer=layer,
+        dim=dim,
+        normalize=_boolean(parameters, "normalize", True),
+        max_length=max_length,
+        truncate=_boolean(parameters, "truncate", True),
+    )
+
+
+def decode_texts(values: np.ndarray, what: str) -> list[str]:
+    """UTF-8 strings from a Triton BYTES tensor, naming the first element that is not UTF-8."""
+    texts: list[str] = []
+    for index, value in enumerate(values.reshape(-1)):
+        raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        try:
+            texts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError as error:
+            label = what if values.size == 1 and what == "query" else f"{what} {index}"
+            raise InvalidRequest(f"{label} is not valid UTF-8 (byte {error.start})") from error
+    return texts
+
+
+def check_document_count(count: int, max_documents: int) -> None:
+    """A request carries between 1 and `max_documents` documents."""
+    if count == 0:
+        raise InvalidRequest("'documents' is empty; send between 1 and {} documents".format(max_documents))
+    if count > max_documents:
+        raise InvalidRequest(f"'documents' holds {count} documents; at most {max_documents} are allowed per request")

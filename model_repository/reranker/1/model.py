@@ -1,0 +1,74 @@
+"""Triton adapter of the scoring step: every pair of every request in one plan, per-request errors."""
+
+import json
+import traceback
+
+import torch
+import triton_python_backend_utils as pb_utils
+
+from mmrerank.model import MatryoshkaReranker
+from mmrerank.requests import InvalidRequest, parse_parameters
+from mmrerank.score_step import ScoreStep
+from mmrerank.settings import SettingsError, checkpoint_location, integer_setting, model_parameters
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _device(args):
+    if args["model_instance_kind"] == "GPU":
+        return torch.device("cuda", int(args["model_instance_device_id"]))
+    return torch.device("cpu")
+
+
+def _dtype(name):
+    if name in ("", "auto"):
+        return None
+    if name not in DTYPES:
+        raise SettingsError(f"model config parameter 'dtype' must be auto or one of {sorted(DTYPES)}, got {name!r}")
+    return DTYPES[name]
+
+
+class TritonPythonModel:
+    """Validates each request, scores all valid ones together, answers every request."""
+
+    def initialize(self, args):
+        settings = model_parameters(json.loads(args["model_config"]))
+        reranker = MatryoshkaReranker.from_pretrained(
+            checkpoint_location(settings), device=_device(args), dtype=_dtype(settings.get("dtype", "auto"))
+        )
+        self.step = ScoreStep(reranker, max_batch_tokens=integer_setting(settings, "max_batch_tokens"))
+        self.logger = pb_utils.Logger
+        self.logger.log_info(
+            f"reranker ready on {reranker.device} ({reranker.dtype}); exits: layers "
+            f"{list(reranker.spec.layer_indices)} x widths {list(reranker.spec.dim_indices)}"
+        )
+
+    def execute(self, requests):
+        responses = [None] * len(requests)
+        accepted, prepared = [], []
+        for position, request in enumerate(requests):
+            try:
+                prepared.append(
+                    self.step.prepare(
+                        pb_utils.get_input_tensor_by_name(request, "_input_ids").as_numpy(),
+                        pb_utils.get_input_tensor_by_name(request, "_lengths").as_numpy(),
+                        parse_parameters(request.parameters()),
+                    )
+                )
+                accepted.append(position)
+            except InvalidRequest as error:
+                responses[position] = _error(str(error), pb_utils.TritonError.INVALID_ARG)
+        if prepared:
+            try:
+                scores, _ = self.step.score(prepared)
+                for position, values in zip(accepted, scores):
+                    responses[position] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("scores", values)])
+            except Exception:  # noqa: BLE001 - answer every request rather than fail the batch
+                self.logger.log_error(f"scoring failed:\n{traceback.format_exc()}")
+                for position in accepted:
+                    responses[position] = _error("internal error while scoring", pb_utils.TritonError.INTERNAL)
+        return responses
+
+
+def _error(message, code):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))

@@ -1,0 +1,47 @@
+"""Triton adapter of the tokenizer step: `query` + `documents` -> token tensors, per-request errors."""
+
+import json
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from mmrerank.requests import InvalidRequest, parse_parameters
+from mmrerank.settings import checkpoint_location, integer_setting, model_parameters
+from mmrerank.tokenize_step import TokenizeStep
+
+
+class TritonPythonModel:
+    """Encodes each request on its own; a bad request gets INVALID_ARG, the others are unaffected."""
+
+    def initialize(self, args):
+        settings = model_parameters(json.loads(args["model_config"]))
+        self.step = TokenizeStep(
+            checkpoint_location(settings),
+            max_documents=integer_setting(settings, "max_documents"),
+            max_tokens_per_pair=integer_setting(settings, "max_tokens_per_pair"),
+        )
+        self.logger = pb_utils.Logger
+
+    def execute(self, requests):
+        return [self._respond(request) for request in requests]
+
+    def _respond(self, request):
+        try:
+            encoded = self.step.run(
+                pb_utils.get_input_tensor_by_name(request, "query").as_numpy(),
+                pb_utils.get_input_tensor_by_name(request, "documents").as_numpy(),
+                parse_parameters(request.parameters()),
+            )
+        except InvalidRequest as error:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+        except Exception as error:  # noqa: BLE001 - one request's failure must not fail the batch
+            self.logger.log_error(f"tokenizer failed on a request: {error!r}")
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError("internal error while tokenizing"))
+        return pb_utils.InferenceResponse(
+            output_tensors=[
+                pb_utils.Tensor("_input_ids", encoded.input_ids),
+                pb_utils.Tensor("_lengths", encoded.lengths.reshape(-1, 1)),
+                pb_utils.Tensor("num_tokens", encoded.lengths),
+                pb_utils.Tensor("truncated", encoded.truncated.astype(np.bool_)),
+            ]
+        )
