@@ -105,9 +105,7 @@ def _require(config: dict[str, Any], key: str, path: Path) -> Any:
 def _rope_thetas(config: dict[str, Any]) -> tuple[float, float]:
     """Both rotary bases; older configs hold them flat, newer ones under `rope_parameters`."""
     rope = config.get("rope_parameters") or {}
-    global_theta = float(
-        rope.get("full_attention", {}).get("rope_theta", config.get("global_rope_theta", 160_000.0))
-    )
+    global_theta = float(rope.get("full_attention", {}).get("rope_theta", config.get("global_rope_theta", 160_000.0)))
     # mmBERT trains both layer kinds with the same base; a config that omits the local
     # base means that base, not the 10,000 some libraries would fill in.
     local_theta = float(
@@ -158,16 +156,16 @@ def read_matryoshka_spec(path: Path, encoder_config: EncoderConfig) -> Matryoshk
     lists: dict[str, tuple[int, ...]] = {}
     for key in ("layer_indices", "dim_indices"):
         values = config.get(key)
-        if not isinstance(values, list) or not values or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in values
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in values)
         ):
             raise CheckpointError(f"{path} must list {key!r} as a non-empty list of integers")
         lists[key] = tuple(sorted(set(values)))
     bad_layers = [v for v in lists["layer_indices"] if not 1 <= v <= encoder_config.num_layers]
     if bad_layers:
-        raise CheckpointError(
-            f"{path}: layer_indices {bad_layers} are outside 1..{encoder_config.num_layers}"
-        )
+        raise CheckpointError(f"{path}: layer_indices {bad_layers} are outside 1..{encoder_config.num_layers}")
     bad_dims = [v for v in lists["dim_indices"] if not 2 <= v <= encoder_config.hidden_size]
     if bad_dims:
         raise CheckpointError(f"{path}: dim_indices {bad_dims} are outside 2..{encoder_config.hidden_size}")
@@ -207,9 +205,7 @@ def expected_head_shapes(spec: MatryoshkaSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_shapes(
-    tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: Path
-) -> None:
+def check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: Path) -> None:
     """Fail with the first missing, unexpected or mis-shaped tensor, named."""
     missing = sorted(set(expected) - set(tensors))
     if missing:
@@ -219,9 +215,7 @@ def check_shapes(
         raise CheckpointError(f"{source} holds unexpected tensor(s), first {unexpected[0]!r}")
     for name, shape in expected.items():
         if tuple(tensors[name].shape) != shape:
-            raise CheckpointError(
-                f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}"
-            )
+            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}")
 
 
 def _load_heads(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:

@@ -41,10 +41,20 @@ class Preset:
 
 def _encoder(vocab: int, hidden: int, intermediate: int, layers: int, heads: int) -> EncoderConfig:
     return EncoderConfig(
-        vocab_size=vocab, hidden_size=hidden, intermediate_size=intermediate, num_layers=layers,
-        num_heads=heads, global_every_n_layers=3, local_window=128, global_rope_theta=160_000.0,
-        local_rope_theta=160_000.0, norm_eps=1e-5, max_position_embeddings=32768,
-        pad_token_id=0, bos_token_id=2, eos_token_id=1,
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_layers=layers,
+        num_heads=heads,
+        global_every_n_layers=3,
+        local_window=128,
+        global_rope_theta=160_000.0,
+        local_rope_theta=160_000.0,
+        norm_eps=1e-5,
+        max_position_embeddings=32768,
+        pad_token_id=0,
+        bos_token_id=2,
+        eos_token_id=1,
     )
 
 
@@ -145,13 +155,24 @@ def _write_json(path: Path, data: object) -> None:
 def write_tokenizer_files(tokenizer: Tokenizer, out_dir: Path, max_length: int) -> None:
     """`tokenizer.json`, `tokenizer_config.json` and `special_tokens_map.json`."""
     tokenizer.save(str(out_dir / "tokenizer.json"))
-    names = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>",
-             "mask_token": "<mask>"}
+    names = {
+        "pad_token": "<pad>",
+        "eos_token": "<eos>",
+        "bos_token": "<bos>",
+        "unk_token": "<unk>",
+        "mask_token": "<mask>",
+    }
     _write_json(out_dir / "special_tokens_map.json", names)
     _write_json(
         out_dir / "tokenizer_config.json",
-        {**names, "tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": max_length,
-         "padding_side": "right", "cls_token": "<bos>", "sep_token": "<eos>"},
+        {
+            **names,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "model_max_length": max_length,
+            "padding_side": "right",
+            "cls_token": "<bos>",
+            "sep_token": "<eos>",
+        },
     )
 
 
@@ -169,9 +190,14 @@ def build_demo_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int =
     _write_json(out / "config.json", config_json(chosen.encoder))
     _write_json(
         out / "matryoshka_config.json",
-        {"layer_indices": list(chosen.spec.layer_indices), "dim_indices": list(chosen.spec.dim_indices),
-         "pooling_strategy": "cls", "hidden_size": chosen.encoder.hidden_size,
-         "num_layers": chosen.encoder.num_layers, "has_final_norm": True},
+        {
+            "layer_indices": list(chosen.spec.layer_indices),
+            "dim_indices": list(chosen.spec.dim_indices),
+            "pooling_strategy": "cls",
+            "hidden_size": chosen.encoder.hidden_size,
+            "num_layers": chosen.encoder.num_layers,
+            "has_final_norm": True,
+        },
     )
     return out
 

@@ -113,7 +113,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def rotary_tables(
     length: int, head_dim: int, theta: float, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables [length, head_dim] for positions 0..length-1, rounded to the model's dtype."""
+    """Cos and sin tables [length, head_dim] for positions 0..length-1, rounded to the model's dtype."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=device) / head_dim))
     freqs = torch.arange(length, device=device, dtype=torch.float)[:, None] * inv_freq[None, :]
     angles = torch.cat((freqs, freqs), dim=-1)

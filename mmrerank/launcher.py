@@ -154,13 +154,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                        help="gpu: the GPU config; cpu: reranker/configs/cpu.pbtxt; auto: gpu when PyTorch sees one")
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "gpu"),
+        default="auto",
+        help="gpu: the GPU config; cpu: reranker/configs/cpu.pbtxt; auto: gpu when PyTorch sees one",
+    )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for readiness")
     parser.add_argument("--log-verbose", type=int, default=0)
-    parser.add_argument("--print-command", action="store_true",
-                        help="print the tritonserver command line (environment included) and exit")
+    parser.add_argument(
+        "--print-command",
+        action="store_true",
+        help="print the tritonserver command line (environment included) and exit",
+    )
     parser.add_argument("extra", nargs=argparse.REMAINDER, help="-- then extra tritonserver options")
     args = parser.parse_args(argv)
     args.extra = [arg for arg in args.extra if arg != "--"]
@@ -200,7 +207,12 @@ def run(args: argparse.Namespace) -> int:
             raise
         LOGGER.info(
             "ready: HTTP http://%s:%d  gRPC %s:%d  metrics http://%s:%d/metrics  (model 'rerank')",
-            host, args.http_port, host, args.grpc_port, host, args.metrics_port,
+            host,
+            args.http_port,
+            host,
+            args.grpc_port,
+            host,
+            args.metrics_port,
         )
         try:
             return process.wait()

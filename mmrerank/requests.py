@@ -55,7 +55,9 @@ def _integer(parameters: Mapping[str, object], name: str, default: int) -> int:
 def _boolean(parameters: Mapping[str, object], name: str, default: bool) -> bool:
     value = parameters.get(name, default)
     if not isinstance(value, bool):
-        raise InvalidRequest(f"parameter '{name}' must be a boolean (true or false), got {type(value).__name__} {value!r}")
+        raise InvalidRequest(
+            f"parameter '{name}' must be a boolean (true or false), got {type(value).__name__} {value!r}"
+        )
     return value
 
 
@@ -100,6 +102,6 @@ def decode_texts(values: np.ndarray, what: str) -> list[str]:
 def check_document_count(count: int, max_documents: int) -> None:
     """A request carries between 1 and `max_documents` documents."""
     if count == 0:
-        raise InvalidRequest("'documents' is empty; send between 1 and {} documents".format(max_documents))
+        raise InvalidRequest(f"'documents' is empty; send between 1 and {max_documents} documents")
     if count > max_documents:
         raise InvalidRequest(f"'documents' holds {count} documents; at most {max_documents} are allowed per request")

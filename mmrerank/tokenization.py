@@ -77,8 +77,8 @@ class PairTokenizer:
         kept = [min(len(ids), room) for ids in document_ids]
         lengths = np.array([len(head) + n + 1 for n in kept], dtype=np.int32)
         input_ids = np.full((len(documents), int(lengths.max(initial=0))), self.pad_id, dtype=np.int32)
-        for row, (ids, n) in enumerate(zip(document_ids, kept)):
+        for row, (ids, n) in enumerate(zip(document_ids, kept, strict=True)):
             pair = head + ids[:n] + [self.eos_id]
             input_ids[row, : len(pair)] = pair
-        truncated = np.array([len(ids) > n for ids, n in zip(document_ids, kept)], dtype=bool)
+        truncated = np.array([len(ids) > n for ids, n in zip(document_ids, kept, strict=True)], dtype=bool)
         return EncodedPairs(input_ids=input_ids, lengths=lengths, truncated=truncated)

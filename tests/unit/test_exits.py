@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from mmrerank.attention import key_padding_mask
 from mmrerank.corpus import text
 from mmrerank.encoder import rotary_tables
-from mmrerank.attention import key_padding_mask
 from mmrerank.scoring import PairTask, score_tasks
 
 RTOL = 1e-4
@@ -98,7 +98,7 @@ def test_mixed_layer_batches_equal_one_row_at_a_time(reranker, encoded):
         layer, dim = rng.choice(exits)
         tasks.append(PairTask(encoded.input_ids[row, : encoded.lengths[row]], layer, dim))
     batched = score_tasks(reranker, tasks, max_batch_tokens=600).logits
-    for task, logit in zip(tasks, batched):
+    for task, logit in zip(tasks, batched, strict=True):
         alone = reranker.logits(task.token_ids[None, :], np.array([len(task.token_ids)]), task.layer, [task.dim])
         assert close(np.array([logit]), alone)
 

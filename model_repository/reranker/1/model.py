@@ -61,7 +61,7 @@ class TritonPythonModel:
         if prepared:
             try:
                 scores, _ = self.step.score(prepared)
-                for position, values in zip(accepted, scores):
+                for position, values in zip(accepted, scores, strict=True):
                     responses[position] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("scores", values)])
             except Exception:  # noqa: BLE001 - answer every request rather than fail the batch
                 self.logger.log_error(f"scoring failed:\n{traceback.format_exc()}")
