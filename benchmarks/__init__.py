@@ -1,0 +1,1 @@
+"""Benchmarks run by the `scripts/bench-*` commands; each prints a Markdown report."""

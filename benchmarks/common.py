@@ -1,0 +1,52 @@
+"""Helpers shared by the benchmarks: checkpoints on demand, timing, workloads, Markdown tables."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from mmrerank.corpus import text
+from mmrerank.demo import build_demo_checkpoint
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def progress(message: str) -> None:
+    """One line of progress on stderr, so stdout stays the report."""
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def demo_checkpoint(preset: str) -> Path:
+    """The demo checkpoint of a preset under checkpoints/, built on first use."""
+    path = REPO_ROOT / "checkpoints" / f"demo-{preset}"
+    if not (path / "model.safetensors").is_file():
+        progress(f"building the {preset} demo checkpoint in {path}")
+        build_demo_checkpoint(path, preset)
+    return path
+
+
+def seconds(call: Callable[[], object], repeats: int) -> float:
+    """Median wall time of `repeats` calls, after one warm-up call."""
+    call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def documents_of_tokens(rng: random.Random, tokens: int) -> str:
+    """A multilingual text of roughly `tokens` demo-tokenizer tokens (about 1.6 tokens per word)."""
+    return text(rng, max(1, int(tokens / 1.6)))
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub-flavoured Markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
