@@ -29,9 +29,10 @@ def demo_checkpoint(preset: str) -> Path:
     return path
 
 
-def seconds(call: Callable[[], object], repeats: int) -> float:
-    """Median wall time of `repeats` calls, after one warm-up call."""
-    call()
+def seconds(call: Callable[[], object], repeats: int, warm_up: bool = True) -> float:
+    """Median wall time of `repeats` calls, after one warm-up call unless told otherwise."""
+    if warm_up:
+        call()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

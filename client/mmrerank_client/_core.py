@@ -1,0 +1,126 @@
+"""What the sync and async clients share: URL parsing, request building, response parsing."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+from numpy.typing import NDArray
+
+from mmrerank_client.errors import InvalidRequestError
+from mmrerank_client.types import RerankResponse, RerankResult
+
+DEFAULT_MODEL = "rerank"
+OUTPUTS = ("scores", "num_tokens", "truncated")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Protocol ('http' or 'grpc') and host:port, from a URL such as grpc://host:8001."""
+
+    protocol: str
+    address: str
+
+    @classmethod
+    def parse(cls, url: str) -> Endpoint:
+        """`http://host:port` (default 8000) or `grpc://host:port` (default 8001); bare host:port means HTTP."""
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        if parts.scheme not in ("http", "grpc"):
+            raise ValueError(f"URL scheme must be http or grpc, got {parts.scheme!r} in {url!r}")
+        if not parts.hostname:
+            raise ValueError(f"URL {url!r} names no host")
+        port = parts.port or (8000 if parts.scheme == "http" else 8001)
+        host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        return cls(parts.scheme, f"{host}:{port}")
+
+
+@dataclass(frozen=True)
+class RerankRequest:
+    """A validated call: texts as BYTES arrays and the request parameters to send."""
+
+    query: NDArray[Any]
+    documents: NDArray[Any]
+    parameters: dict[str, int | bool]
+
+
+def build_request(
+    query: str,
+    documents: Sequence[str],
+    *,
+    layer: int | None,
+    dim: int | None,
+    normalize: bool,
+    max_length: int | None,
+    truncate: bool,
+) -> RerankRequest:
+    """Check what is cheap to check here and encode the texts; the server stays the authority."""
+    if isinstance(documents, str):
+        raise InvalidRequestError("'documents' must be a sequence of texts, not one string")
+    if len(documents) == 0:
+        raise InvalidRequestError("'documents' is empty; send at least 1 document")
+    texts = [query, *documents]
+    if not all(isinstance(item, str) for item in texts):
+        raise InvalidRequestError("the query and every document must be str")
+    parameters: dict[str, int | bool] = {"normalize": normalize, "truncate": truncate}
+    for name, value in (("layer", layer), ("dim", dim), ("max_length", max_length)):
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InvalidRequestError(f"parameter '{name}' must be an integer, got {value!r}")
+            parameters[name] = value
+    return RerankRequest(
+        query=np.array([query.encode("utf-8")], dtype=np.object_),
+        documents=np.array([doc.encode("utf-8") for doc in documents], dtype=np.object_),
+        parameters=parameters,
+    )
+
+
+def check_top_n(top_n: int | None) -> None:
+    """top_n is None (all) or a positive integer."""
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise InvalidRequestError(f"top_n must be a positive integer or None, got {top_n!r}")
+
+
+def build_response(
+    outputs: dict[str, NDArray[Any]],
+    documents: Sequence[str],
+    *,
+    top_n: int | None,
+    return_documents: bool,
+    layer: int | None,
+    dim: int | None,
+) -> RerankResponse:
+    """Sort by score (ties keep input order) and keep the best `top_n`."""
+    scores = outputs["scores"].reshape(-1)
+    num_tokens = outputs["num_tokens"].reshape(-1)
+    truncated = outputs["truncated"].reshape(-1)
+    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    results = tuple(
+        RerankResult(
+            index=i,
+            score=float(scores[i]),
+            num_tokens=int(num_tokens[i]),
+            truncated=bool(truncated[i]),
+            document=documents[i] if return_documents else None,
+        )
+        for i in order[:top_n]
+    )
+    return RerankResponse(results=results, layer=layer, dim=dim)
+
+
+def scores_in_input_order(response: RerankResponse) -> list[float]:
+    """The scores of a full response, back in the order the documents were sent."""
+    scores = [0.0] * len(response.results)
+    for result in response.results:
+        scores[result.index] = result.score
+    return scores
+
+
+def group_pairs(pairs: Sequence[tuple[str, str]]) -> dict[str, list[int]]:
+    """Indices of the pairs that share each query, so each query is sent once."""
+    groups: dict[str, list[int]] = {}
+    for index, (query, _document) in enumerate(pairs):
+        groups.setdefault(query, []).append(index)
+    return groups

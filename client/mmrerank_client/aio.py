@@ -1,0 +1,126 @@
+"""The asyncio client: `AsyncRerankClient("http://host:8000")` or `AsyncRerankClient("grpc://host:8001")`."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+import tritonclient.grpc.aio as grpcaio
+import tritonclient.http.aio as httpaio
+from numpy.typing import NDArray
+
+from mmrerank_client._core import (
+    DEFAULT_MODEL,
+    OUTPUTS,
+    Endpoint,
+    RerankRequest,
+    build_request,
+    build_response,
+    check_top_n,
+    group_pairs,
+    scores_in_input_order,
+)
+from mmrerank_client.errors import ModelNotReadyError, RerankTimeoutError, ServerUnavailableError, translate
+from mmrerank_client.sync import make_inputs
+from mmrerank_client.types import RerankResponse
+
+
+class AsyncRerankClient:
+    """asyncio client of the served reranker; the URL scheme picks HTTP or gRPC.
+
+    `timeout` (seconds, None for none) bounds each call unless the call gives its own.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", *, model: str = DEFAULT_MODEL, timeout: float | None = 60.0):
+        self.endpoint = Endpoint.parse(url)
+        self.model = model
+        self.timeout = timeout
+        self._module: Any = grpcaio if self.endpoint.protocol == "grpc" else httpaio
+        self._client: Any = self._module.InferenceServerClient(self.endpoint.address)
+
+    async def _infer(self, request: RerankRequest, timeout: float | None) -> dict[str, NDArray[Any]]:
+        call = self._client.infer(self.model, make_inputs(self._module, request), parameters=request.parameters)
+        try:
+            result = await asyncio.wait_for(call, timeout)
+        except asyncio.TimeoutError as error:
+            raise RerankTimeoutError(f"no answer within {timeout} s") from error
+        except Exception as error:
+            raise translate(error) from error
+        return {name: result.as_numpy(name) for name in OUTPUTS}
+
+    async def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        layer: int | None = None,
+        dim: int | None = None,
+        normalize: bool = True,
+        return_documents: bool = False,
+        max_length: int | None = None,
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> RerankResponse:
+        """Rank `documents` against `query`, best first; layer/dim None mean the server's defaults."""
+        check_top_n(top_n)
+        request = build_request(
+            query, documents, layer=layer, dim=dim, normalize=normalize, max_length=max_length, truncate=truncate
+        )
+        outputs = await self._infer(request, self.timeout if timeout is None else timeout)
+        return build_response(outputs, documents, top_n=top_n, return_documents=return_documents, layer=layer, dim=dim)
+
+    async def score(self, query: str, documents: Sequence[str], **options: Any) -> list[float]:
+        """Scores in input order; takes rerank's options except top_n and return_documents."""
+        return scores_in_input_order(await self.rerank(query, documents, **options))
+
+    async def score_pairs(self, pairs: Sequence[tuple[str, str]], **options: Any) -> list[float]:
+        """Scores of (query, document) pairs in input order; one request per distinct query, all in flight."""
+        groups = group_pairs(pairs)
+        per_query = await asyncio.gather(
+            *(self.score(query, [pairs[i][1] for i in indices], **options) for query, indices in groups.items())
+        )
+        scores = [0.0] * len(pairs)
+        for indices, values in zip(groups.values(), per_query, strict=True):
+            for index, score in zip(indices, values, strict=True):
+                scores[index] = score
+        return scores
+
+    async def is_ready(self) -> bool:
+        """Whether the server is live and the model ready now."""
+        try:
+            return bool(await self._client.is_server_ready() and await self._client.is_model_ready(self.model))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return False
+
+    async def wait_until_ready(self, timeout: float = 60.0, interval: float = 0.5) -> None:
+        """Wait until the model is ready; raise ServerUnavailableError or ModelNotReadyError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if await self.is_ready():
+                return
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(interval)
+        try:
+            live = bool(await self._client.is_server_live())
+        except Exception:  # noqa: BLE001
+            live = False
+        if live:
+            raise ModelNotReadyError(f"model {self.model!r} not ready after {timeout:.0f} s")
+        raise ServerUnavailableError(f"no server at {self.endpoint.address} after {timeout:.0f} s")
+
+    async def close(self) -> None:
+        """Close the connection."""
+        await self._client.close()
+
+    async def __aenter__(self) -> AsyncRerankClient:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        await self.close()

@@ -1,0 +1,95 @@
+"""`rerank "query" doc1 doc2 ... [--file docs.txt]`: rank documents against a served reranker by hand."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+
+from mmrerank_client.errors import RerankError
+from mmrerank_client.sync import RerankClient
+from mmrerank_client.types import RerankResponse
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        prog="rerank", description="Rank documents against a query on the served reranker."
+    )
+    parser.add_argument("query")
+    parser.add_argument("documents", nargs="*", help="documents to rank (or --file)")
+    parser.add_argument("--file", help="a file with one document per line ('-' reads stdin)")
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="http://host:port or grpc://host:port")
+    parser.add_argument("--model", default="rerank")
+    parser.add_argument("--top-n", type=int)
+    parser.add_argument("--layer", type=int, help="exit layer (default: the deepest)")
+    parser.add_argument("--dim", type=int, help="head width (default: the widest)")
+    parser.add_argument("--raw", action="store_true", help="raw logits instead of sigmoid scores")
+    parser.add_argument("--max-length", type=int)
+    parser.add_argument("--no-truncate", action="store_true", help="reject over-long pairs instead of cutting them")
+    parser.add_argument("--timeout", type=float, default=60.0)
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parser.parse_args(argv)
+
+
+def read_documents(args: argparse.Namespace) -> list[str]:
+    """Documents from the arguments, then from --file, one per non-empty line."""
+    documents = list(args.documents)
+    if args.file:
+        handle = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+        with handle:
+            documents += [line.rstrip("\n") for line in handle if line.strip()]
+    return documents
+
+
+def table(response: RerankResponse, width: int = 70) -> str:
+    """A readable ranking: rank, score, original index, tokens, and the start of each document."""
+    lines = [f"{'rank':>4}  {'score':>9}  {'index':>5}  {'tokens':>6}  document"]
+    for rank, result in enumerate(response.results, start=1):
+        text = (result.document or "").replace("\n", " ")
+        text = text if len(text) <= width else text[: width - 1] + "…"
+        cut = " (truncated)" if result.truncated else ""
+        lines.append(f"{rank:>4}  {result.score:>9.4f}  {result.index:>5}  {result.num_tokens:>6}  {text}{cut}")
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `rerank` console script."""
+    args = parse_args(argv)
+    documents = read_documents(args)
+    if not documents:
+        print("rerank: give documents as arguments or with --file", file=sys.stderr)
+        return 2
+    try:
+        with RerankClient(args.url, model=args.model, timeout=args.timeout) as client:
+            response = client.rerank(
+                args.query,
+                documents,
+                top_n=args.top_n,
+                layer=args.layer,
+                dim=args.dim,
+                normalize=not args.raw,
+                return_documents=True,
+                max_length=args.max_length,
+                truncate=not args.no_truncate,
+            )
+    except RerankError as error:
+        print(f"rerank: {type(error).__name__}: {error}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(
+            json.dumps(
+                {"layer": response.layer, "dim": response.dim, "results": [asdict(r) for r in response.results]},
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
+    else:
+        print(table(response))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

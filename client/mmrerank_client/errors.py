@@ -1,0 +1,51 @@
+"""The client's exception hierarchy, translated from tritonclient's and the network's errors."""
+
+from __future__ import annotations
+
+
+class RerankError(Exception):
+    """Base class of every error this client raises; `str()` carries the server's message."""
+
+
+class InvalidRequestError(RerankError):
+    """The server (or a cheap client-side check) refused the request: HTTP 400 / INVALID_ARGUMENT."""
+
+
+class ServerUnavailableError(RerankError):
+    """The server could not be reached or is shutting down."""
+
+
+class RerankTimeoutError(RerankError, TimeoutError):
+    """The call did not finish within its timeout."""
+
+
+class ModelNotReadyError(RerankError):
+    """The server answers, but the model is not loaded or not ready."""
+
+
+def translate(error: BaseException) -> RerankError:
+    """Map a tritonclient or network exception onto this hierarchy (the caller raises it `from` error)."""
+    if isinstance(error, RerankError):
+        return error
+    status = ""
+    message = str(error)
+    status_of = getattr(error, "status", None)
+    if callable(status_of):
+        status = str(status_of() or "")
+        message_of = getattr(error, "message", None)
+        message = str(message_of()) if callable(message_of) else message
+    lowered = f"{status} {message}".lower()
+    if status in ("400", "StatusCode.INVALID_ARGUMENT"):
+        return InvalidRequestError(message)
+    if isinstance(error, TimeoutError) or "deadline" in lowered or "timed out" in lowered or "timeout" in lowered:
+        return RerankTimeoutError(message or "the request timed out")
+    if "not ready" in lowered or "unknown model" in lowered or "is not found" in lowered or status == "404":
+        return ModelNotReadyError(message)
+    if (
+        isinstance(error, (ConnectionError, OSError))
+        or status in ("StatusCode.UNAVAILABLE", "503")
+        or "unavailable" in lowered
+        or "connect" in lowered
+    ):
+        return ServerUnavailableError(message or "the server is unavailable")
+    return RerankError(message)

@@ -1,0 +1,165 @@
+"""The blocking client: `RerankClient("http://host:8000")` or `RerankClient("grpc://host:8001")`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from numpy.typing import NDArray
+
+from mmrerank_client._core import (
+    DEFAULT_MODEL,
+    OUTPUTS,
+    Endpoint,
+    RerankRequest,
+    build_request,
+    build_response,
+    check_top_n,
+    group_pairs,
+    scores_in_input_order,
+)
+from mmrerank_client.errors import ModelNotReadyError, ServerUnavailableError, translate
+from mmrerank_client.types import RerankResponse
+
+NO_TIMEOUT = 24 * 3600.0
+
+
+def make_inputs(module: Any, request: RerankRequest) -> list[Any]:
+    """Tritonclient InferInput objects (HTTP or gRPC flavour) for a request."""
+    query = module.InferInput("query", [1], "BYTES")
+    query.set_data_from_numpy(request.query)
+    documents = module.InferInput("documents", [len(request.documents)], "BYTES")
+    documents.set_data_from_numpy(request.documents)
+    return [query, documents]
+
+
+class RerankClient:
+    """Blocking client of the served reranker; the URL scheme picks HTTP or gRPC.
+
+    `timeout` (seconds, None for none) bounds each call unless the call gives its own.
+    """
+
+    def __init__(self, url: str = "http://127.0.0.1:8000", *, model: str = DEFAULT_MODEL, timeout: float | None = 60.0):
+        self.endpoint = Endpoint.parse(url)
+        self.model = model
+        self.timeout = timeout
+        self._local = threading.local()
+        self._grpc = (
+            grpcclient.InferenceServerClient(self.endpoint.address) if self.endpoint.protocol == "grpc" else None
+        )
+
+    def _http(self, timeout: float | None) -> Any:
+        """One HTTP connection per thread and timeout (the HTTP client is not thread-safe)."""
+        clients: dict[float | None, Any] = self._local.__dict__.setdefault("clients", {})
+        if timeout not in clients:
+            seconds = NO_TIMEOUT if timeout is None else timeout
+            clients[timeout] = httpclient.InferenceServerClient(
+                self.endpoint.address, connection_timeout=seconds, network_timeout=seconds
+            )
+        return clients[timeout]
+
+    def _infer(self, request: RerankRequest, timeout: float | None) -> dict[str, NDArray[Any]]:
+        try:
+            if self._grpc is not None:
+                result = self._grpc.infer(
+                    self.model,
+                    make_inputs(grpcclient, request),
+                    parameters=request.parameters,
+                    client_timeout=timeout,
+                )
+            else:
+                result = self._http(timeout).infer(
+                    self.model, make_inputs(httpclient, request), parameters=request.parameters
+                )
+        except Exception as error:
+            raise translate(error) from error
+        return {name: result.as_numpy(name) for name in OUTPUTS}
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        top_n: int | None = None,
+        layer: int | None = None,
+        dim: int | None = None,
+        normalize: bool = True,
+        return_documents: bool = False,
+        max_length: int | None = None,
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> RerankResponse:
+        """Rank `documents` against `query`, best first; layer/dim None mean the server's defaults."""
+        check_top_n(top_n)
+        request = build_request(
+            query, documents, layer=layer, dim=dim, normalize=normalize, max_length=max_length, truncate=truncate
+        )
+        outputs = self._infer(request, self.timeout if timeout is None else timeout)
+        return build_response(outputs, documents, top_n=top_n, return_documents=return_documents, layer=layer, dim=dim)
+
+    def score(self, query: str, documents: Sequence[str], **options: Any) -> list[float]:
+        """Scores in input order; takes rerank's options except top_n and return_documents."""
+        return scores_in_input_order(self.rerank(query, documents, **options))
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, max_concurrency: int = 8, **options: Any) -> list[float]:
+        """Scores of (query, document) pairs in input order; one request per distinct query, sent concurrently."""
+        groups = group_pairs(pairs)
+        scores = [0.0] * len(pairs)
+
+        def run(query: str) -> None:
+            indices = groups[query]
+            for index, score in zip(indices, self.score(query, [pairs[i][1] for i in indices], **options), strict=True):
+                scores[index] = score
+
+        with ThreadPoolExecutor(max(1, min(max_concurrency, len(groups)))) as pool:
+            for future in [pool.submit(run, query) for query in groups]:
+                future.result()
+        return scores
+
+    def is_ready(self) -> bool:
+        """Whether the server is live and the model ready now."""
+        try:
+            client = self._grpc if self._grpc is not None else self._http(self.timeout)
+            return bool(client.is_server_ready() and client.is_model_ready(self.model))
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            return False
+
+    def wait_until_ready(self, timeout: float = 60.0, interval: float = 0.5) -> None:
+        """Block until the model is ready; raise ServerUnavailableError or ModelNotReadyError after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.is_ready():
+                return
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(interval)
+        try:
+            client = self._grpc if self._grpc is not None else self._http(self.timeout)
+            live = bool(client.is_server_live())
+        except Exception:  # noqa: BLE001
+            live = False
+        if live:
+            raise ModelNotReadyError(f"model {self.model!r} not ready after {timeout:.0f} s")
+        raise ServerUnavailableError(f"no server at {self.endpoint.address} after {timeout:.0f} s")
+
+    def close(self) -> None:
+        """Close every connection this client opened."""
+        for client in self._local.__dict__.get("clients", {}).values():
+            client.close()
+        self._local = threading.local()
+        if self._grpc is not None:
+            self._grpc.close()
+
+    def __enter__(self) -> RerankClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()

@@ -1,0 +1,87 @@
+"""Run `scripts/serve` in the background on free loopback ports, for tests and benchmarks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmrerank.launcher import REPO_ROOT, LaunchError
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct loopback ports that were free a moment ago."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@dataclass(frozen=True)
+class BackgroundServer:
+    """A server started by `start_server`: its ports, log file and launcher process."""
+
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+    process: subprocess.Popen[bytes]
+
+    @property
+    def http_url(self) -> str:
+        """host:port of the HTTP endpoint."""
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        """host:port of the gRPC endpoint."""
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def log_tail(self, lines: int = 80) -> str:
+        """The last lines of the server's log."""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM the launcher (it forwards to tritonserver) and wait; kill the group if it hangs."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_server(checkpoint: Path, log_path: Path, *extra: str, ready_timeout: float = 240) -> BackgroundServer:
+    """Launch scripts/serve on free ports and wait until Triton is ready; raise LaunchError with the log if not."""
+    http, grpc, metrics = free_ports(3)
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(REPO_ROOT / "scripts" / "serve"), "--checkpoint", str(checkpoint), "--http-port", str(http),
+             "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    server = BackgroundServer(http, grpc, metrics, log_path, process)
+    deadline = time.monotonic() + ready_timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LaunchError(f"scripts/serve exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            pass
+        time.sleep(0.5)
+    server.stop()
+    raise LaunchError(f"tritonserver not ready within {ready_timeout:.0f} s:\n{server.log_tail()}")

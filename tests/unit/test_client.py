@@ -1,0 +1,232 @@
+"""The client with tritonclient mocked: requests built right for each option, errors mapped, results sorted."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import mmrerank_client.aio as aio_module
+import mmrerank_client.sync as sync_module
+import numpy as np
+import pytest
+from mmrerank_client import (
+    AsyncRerankClient,
+    InvalidRequestError,
+    ModelNotReadyError,
+    RerankClient,
+    RerankError,
+    RerankTimeoutError,
+    ServerUnavailableError,
+)
+from mmrerank_client._core import Endpoint
+from mmrerank_client.errors import translate
+from tritonclient.utils import InferenceServerException
+
+
+class FakeResult:
+    def __init__(self, outputs):
+        self.outputs = outputs
+
+    def as_numpy(self, name):
+        return self.outputs[name]
+
+
+class FakeServer:
+    """Records every infer call; scores each document by its length, or raises `error`."""
+
+    def __init__(self):
+        self.calls = []
+        self.error = None
+
+    def result_for(self, inputs):
+        documents = inputs[1]._data
+        lengths = np.array([len(d) for d in documents], dtype=np.float32)
+        return FakeResult(
+            {
+                "scores": lengths / 100,
+                "num_tokens": lengths.astype(np.int32) + 3,
+                "truncated": lengths > 20,
+            }
+        )
+
+    def client_class(self, asynchronous=False):
+        server = self
+
+        class FakeClient:
+            def __init__(self, address, **kwargs):
+                self.address, self.kwargs = address, kwargs
+
+            def _call(self, model, inputs, **kwargs):
+                server.calls.append({"model": model, "inputs": inputs, **kwargs})
+                if server.error is not None:
+                    raise server.error
+                return server.result_for(inputs)
+
+            def infer(self, model, inputs, **kwargs):
+                if asynchronous:
+
+                    async def run():
+                        return self._call(model, inputs, **kwargs)
+
+                    return run()
+                return self._call(model, inputs, **kwargs)
+
+            def close(self):
+                if asynchronous:
+
+                    async def done():
+                        return None
+
+                    return done()
+                return None
+
+        return FakeClient
+
+
+class FakeInput:
+    def __init__(self, name, shape, datatype):
+        self.name, self.shape, self.datatype = name, shape, datatype
+        self._data = None
+
+    def set_data_from_numpy(self, array):
+        assert array.dtype == np.object_ and list(array.shape) == self.shape
+        self._data = [item.decode("utf-8") for item in array]
+
+
+@pytest.fixture()
+def fake(monkeypatch):
+    server = FakeServer()
+    for module, asynchronous in ((sync_module, False), (aio_module, True)):
+        for attribute in ("httpclient", "grpcclient", "httpaio", "grpcaio"):
+            if hasattr(module, attribute):
+                fake_module = type(sys)(f"fake_{attribute}")
+                fake_module.InferenceServerClient = server.client_class(asynchronous)
+                fake_module.InferInput = FakeInput
+                monkeypatch.setattr(module, attribute, fake_module)
+    return server
+
+
+DOCS = ["short", "a much longer document here", "medium text"]
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000", "grpc://127.0.0.1:8001"])
+def test_rerank_sends_the_contract_and_sorts(fake, url):
+    with RerankClient(url) as client:
+        response = client.rerank("q", DOCS, layer=6, dim=256, normalize=False, max_length=512, truncate=False)
+    call = fake.calls[0]
+    assert call["model"] == "rerank"
+    assert [(i.name, i.shape, i.datatype) for i in call["inputs"]] == [
+        ("query", [1], "BYTES"),
+        ("documents", [3], "BYTES"),
+    ]
+    assert call["inputs"][1]._data == DOCS
+    assert call["parameters"] == {"layer": 6, "dim": 256, "normalize": False, "max_length": 512, "truncate": False}
+    assert [r.index for r in response.results] == [1, 2, 0]
+    assert response.results[0].truncated and response.results[0].num_tokens == len(DOCS[1]) + 3
+    assert (response.layer, response.dim) == (6, 256)
+    assert all(r.document is None for r in response)
+
+
+def test_defaults_send_only_normalize_and_truncate(fake):
+    RerankClient().rerank("q", DOCS)
+    assert fake.calls[0]["parameters"] == {"normalize": True, "truncate": True}
+
+
+def test_top_n_and_return_documents(fake):
+    response = RerankClient().rerank("q", DOCS, top_n=2, return_documents=True)
+    assert [(r.index, r.document) for r in response] == [(1, DOCS[1]), (2, DOCS[2])]
+
+
+def test_score_keeps_input_order(fake):
+    assert RerankClient().score("q", DOCS) == pytest.approx([len(d) / 100 for d in DOCS])
+
+
+def test_score_pairs_sends_one_request_per_query(fake):
+    pairs = [("q1", "aa"), ("q2", "bbbb"), ("q1", "c")]
+    assert RerankClient("grpc://h").score_pairs(pairs) == pytest.approx([0.02, 0.04, 0.01])
+    assert sorted(len(call["inputs"][1]._data) for call in fake.calls) == [1, 2]
+
+
+def test_grpc_timeout_is_passed_per_call(fake):
+    client = RerankClient("grpc://h", timeout=5)
+    client.rerank("q", DOCS)
+    client.rerank("q", DOCS, timeout=0.5)
+    assert [call["client_timeout"] for call in fake.calls] == [5, 0.5]
+
+
+@pytest.mark.parametrize(
+    ("documents", "top_n", "message"),
+    [([], None, "'documents' is empty"), ("one string", None, "not one string"), (DOCS, 0, "top_n must be")],
+)
+def test_cheap_checks_fail_before_sending(fake, documents, top_n, message):
+    with pytest.raises(InvalidRequestError, match=message):
+        RerankClient().rerank("q", documents, top_n=top_n)
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (InferenceServerException("parameter 'layer' must be one of [3]", status="400"), InvalidRequestError),
+        (InferenceServerException("bad", status="StatusCode.INVALID_ARGUMENT"), InvalidRequestError),
+        (InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED"), RerankTimeoutError),
+        (InferenceServerException("failed to connect", status="StatusCode.UNAVAILABLE"), ServerUnavailableError),
+        (ConnectionRefusedError(111, "Connection refused"), ServerUnavailableError),
+        (TimeoutError("timed out"), RerankTimeoutError),
+        (InferenceServerException("Request for unknown model: 'x' is not found", status="400"), InvalidRequestError),
+        (InferenceServerException("Request for unknown model: 'x' is not found"), ModelNotReadyError),
+        (InferenceServerException("something else", status="500"), RerankError),
+    ],
+)
+def test_server_errors_map_to_the_hierarchy(fake, error, expected):
+    fake.error = error
+    with pytest.raises(expected) as raised:
+        RerankClient("grpc://h").rerank("q", DOCS)
+    assert type(raised.value) is expected
+    assert raised.value.__cause__ is error
+
+
+def test_translation_keeps_the_servers_message():
+    error = translate(InferenceServerException("in ensemble 'rerank', 'documents' is empty", status="400"))
+    assert str(error) == "in ensemble 'rerank', 'documents' is empty"
+
+
+@pytest.mark.parametrize("url", ["http://h:1", "grpc://h:2"])
+def test_async_client_matches_sync(fake, url):
+    async def run():
+        async with AsyncRerankClient(url) as client:
+            response = await client.rerank("q", DOCS, top_n=2, layer=3)
+            pairs = await client.score_pairs([("a", "xx"), ("b", "y")])
+        return response, pairs
+
+    response, pairs = asyncio.run(run())
+    assert [r.index for r in response] == [1, 2] and response.layer == 3
+    assert pairs == pytest.approx([0.02, 0.01])
+
+
+def test_async_timeout_raises_the_timeout_error(monkeypatch, fake):
+    async def slow(*args, **kwargs):
+        await asyncio.sleep(5)
+
+    client = AsyncRerankClient("grpc://h", timeout=0.05)
+    monkeypatch.setattr(client._client, "infer", slow)
+    with pytest.raises(RerankTimeoutError):
+        asyncio.run(client.rerank("q", DOCS))
+
+
+@pytest.mark.parametrize(
+    ("url", "protocol", "address"),
+    [
+        ("http://example:9000", "http", "example:9000"),
+        ("grpc://example", "grpc", "example:8001"),
+        ("example", "http", "example:8000"),
+        ("grpc://[::1]:7000", "grpc", "[::1]:7000"),
+    ],
+)
+def test_endpoint_parsing(url, protocol, address):
+    assert Endpoint.parse(url) == Endpoint(protocol, address)
+
+
+def test_an_unknown_scheme_is_refused():
+    with pytest.raises(ValueError, match="scheme must be http or grpc"):
+        Endpoint.parse("ftp://host")
