@@ -13,13 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-from mmrerank_client import RerankClient
 
 from benchmarks.common import demo_checkpoint, documents_of_tokens, markdown_table, progress
 from mmrerank.background import start_server
 from mmrerank.model import MatryoshkaReranker
 from mmrerank.score_step import ScoreStep
 from mmrerank.tokenize_step import TokenizeStep
+from mmrerank_client import RerankClient
 
 
 def workload(count: int, documents: int, tokens: int, seed: int = 0) -> list[tuple[str, list[str]]]:

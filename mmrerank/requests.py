@@ -20,7 +20,15 @@ MIN_MAX_LENGTH = SPECIAL_TOKENS_PER_PAIR + 1
 
 
 class InvalidRequest(ValueError):
-    """The client sent something this service cannot score; the message is safe to return."""
+    """The client sent something this service cannot score; the message is safe to return.
+
+    `reason` is a short category for metrics: unknown_parameter, parameter_type, parameter_value,
+    document_count, not_utf8, query_too_long, pair_too_long, bad_tensor, bad_parameters.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -39,16 +47,18 @@ def parse_parameters(text: str) -> dict[str, object]:
     try:
         parameters = json.loads(text or "{}")
     except json.JSONDecodeError as error:
-        raise InvalidRequest("request parameters are not valid JSON") from error
+        raise InvalidRequest("request parameters are not valid JSON", "bad_parameters") from error
     if not isinstance(parameters, dict):
-        raise InvalidRequest("request parameters must be an object")
+        raise InvalidRequest("request parameters must be an object", "bad_parameters")
     return parameters
 
 
 def _integer(parameters: Mapping[str, object], name: str, default: int) -> int:
     value = parameters.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(f"parameter '{name}' must be an integer, got {type(value).__name__} {value!r}")
+        raise InvalidRequest(
+            f"parameter '{name}' must be an integer, got {type(value).__name__} {value!r}", "parameter_type"
+        )
     return value
 
 
@@ -56,7 +66,8 @@ def _boolean(parameters: Mapping[str, object], name: str, default: bool) -> bool
     value = parameters.get(name, default)
     if not isinstance(value, bool):
         raise InvalidRequest(
-            f"parameter '{name}' must be a boolean (true or false), got {type(value).__name__} {value!r}"
+            f"parameter '{name}' must be a boolean (true or false), got {type(value).__name__} {value!r}",
+            "parameter_type",
         )
     return value
 
@@ -65,17 +76,22 @@ def parse_options(parameters: Mapping[str, object], spec: MatryoshkaSpec, max_le
     """Check every parameter's name, type and value; fill in defaults."""
     unknown = sorted(set(parameters) - set(PARAMETERS))
     if unknown:
-        raise InvalidRequest(f"unknown parameter '{unknown[0]}'; allowed parameters: {', '.join(PARAMETERS)}")
+        raise InvalidRequest(
+            f"unknown parameter '{unknown[0]}'; allowed parameters: {', '.join(PARAMETERS)}", "unknown_parameter"
+        )
     layer = _integer(parameters, "layer", spec.default_layer)
     if layer not in spec.layer_indices:
-        raise InvalidRequest(f"parameter 'layer' must be one of {list(spec.layer_indices)}, got {layer}")
+        raise InvalidRequest(
+            f"parameter 'layer' must be one of {list(spec.layer_indices)}, got {layer}", "parameter_value"
+        )
     dim = _integer(parameters, "dim", spec.default_dim)
     if dim not in spec.dim_indices:
-        raise InvalidRequest(f"parameter 'dim' must be one of {list(spec.dim_indices)}, got {dim}")
+        raise InvalidRequest(f"parameter 'dim' must be one of {list(spec.dim_indices)}, got {dim}", "parameter_value")
     max_length = _integer(parameters, "max_length", max_length_cap)
     if not MIN_MAX_LENGTH <= max_length <= max_length_cap:
         raise InvalidRequest(
-            f"parameter 'max_length' must be between {MIN_MAX_LENGTH} and {max_length_cap}, got {max_length}"
+            f"parameter 'max_length' must be between {MIN_MAX_LENGTH} and {max_length_cap}, got {max_length}",
+            "parameter_value",
         )
     return RerankOptions(
         layer=layer,
@@ -95,13 +111,15 @@ def decode_texts(values: np.ndarray, what: str) -> list[str]:
             texts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as error:
             label = what if values.size == 1 and what == "query" else f"{what} {index}"
-            raise InvalidRequest(f"{label} is not valid UTF-8 (byte {error.start})") from error
+            raise InvalidRequest(f"{label} is not valid UTF-8 (byte {error.start})", "not_utf8") from error
     return texts
 
 
 def check_document_count(count: int, max_documents: int) -> None:
     """A request carries between 1 and `max_documents` documents."""
     if count == 0:
-        raise InvalidRequest(f"'documents' is empty; send between 1 and {max_documents} documents")
+        raise InvalidRequest(f"'documents' is empty; send between 1 and {max_documents} documents", "document_count")
     if count > max_documents:
-        raise InvalidRequest(f"'documents' holds {count} documents; at most {max_documents} are allowed per request")
+        raise InvalidRequest(
+            f"'documents' holds {count} documents; at most {max_documents} are allowed per request", "document_count"
+        )

@@ -40,12 +40,13 @@ class ScoreStep:
         lengths = lengths.reshape(-1)
         if input_ids.ndim != 2 or input_ids.shape[0] != lengths.size:
             raise InvalidRequest(
-                f"'_input_ids' must be [pairs, tokens] with one row per length, got {list(input_ids.shape)}"
+                f"'_input_ids' must be [pairs, tokens] with one row per length, got {list(input_ids.shape)}",
+                "bad_tensor",
             )
         if lengths.size and (lengths.min() < 1 or lengths.max() > input_ids.shape[1]):
-            raise InvalidRequest(f"'_lengths' must lie between 1 and {input_ids.shape[1]}")
+            raise InvalidRequest(f"'_lengths' must lie between 1 and {input_ids.shape[1]}", "bad_tensor")
         if input_ids.size and (input_ids.min() < 0 or input_ids.max() >= config.vocab_size):
-            raise InvalidRequest(f"token ids must lie between 0 and {config.vocab_size - 1}")
+            raise InvalidRequest(f"token ids must lie between 0 and {config.vocab_size - 1}", "bad_tensor")
         return ScoreRequest([input_ids[row, : lengths[row]] for row in range(lengths.size)], options)
 
     def score(self, requests: Sequence[ScoreRequest]) -> tuple[list[np.ndarray], ScoringResult]:

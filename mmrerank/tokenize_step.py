@@ -29,11 +29,13 @@ class TokenizeStep:
         """Encode one request, or raise InvalidRequest saying what is wrong with it."""
         options = parse_options(parameters, self.spec, self.max_tokens_per_pair)
         if query.size != 1:
-            raise InvalidRequest(f"'query' must hold exactly one text, got {query.size}")
+            raise InvalidRequest(f"'query' must hold exactly one text, got {query.size}", "bad_tensor")
         check_document_count(documents.size, self.max_documents)
         query_text = decode_texts(query, "query")[0]
         document_texts = decode_texts(documents, "document")
         try:
             return self.tokenizer.encode(query_text, document_texts, options.max_length, options.truncate)
-        except (QueryTooLongError, PairTooLongError) as error:
-            raise InvalidRequest(str(error)) from error
+        except QueryTooLongError as error:
+            raise InvalidRequest(str(error), "query_too_long") from error
+        except PairTooLongError as error:
+            raise InvalidRequest(str(error), "pair_too_long") from error

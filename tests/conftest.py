@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny demo checkpoint per session, its reference scorer and its reranker."""
+"""Shared fixtures: one tiny demo checkpoint per session, its reference, its reranker, a served copy."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from mmrerank.background import BackgroundServer, start_server  # noqa: E402
 from mmrerank.demo import build_demo_checkpoint  # noqa: E402
+from mmrerank.launcher import LaunchError  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +42,24 @@ def pair_tokenizer(tiny_checkpoint: Path):
     from mmrerank.tokenization import PairTokenizer
 
     return PairTokenizer.from_file(tiny_checkpoint / "tokenizer.json", bos_id=2, eos_id=1, pad_id=0)
+
+
+@pytest.fixture(scope="session")
+def server(tiny_checkpoint, tmp_path_factory):
+    """The tiny demo checkpoint served by a real tritonserver (CPU config), started through scripts/serve."""
+    try:
+        running = start_server(tiny_checkpoint, tmp_path_factory.mktemp("server") / "tritonserver.log")
+    except LaunchError as error:
+        pytest.fail(str(error))
+    yield running
+    running.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the server log's tail to every failing test that used a server."""
+    outcome = yield
+    report = outcome.get_result()
+    running = item.funcargs.get("server") if hasattr(item, "funcargs") else None
+    if report.failed and isinstance(running, BackgroundServer):
+        report.sections.append(("tritonserver log (tail)", running.log_tail()))

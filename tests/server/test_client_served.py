@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import assert_close, library_scores
+
+from mmrerank.background import free_ports
+from mmrerank.corpus import text
 from mmrerank_client import (
     AsyncRerankClient,
     InvalidRequestError,
@@ -18,9 +21,6 @@ from mmrerank_client import (
     RerankTimeoutError,
     ServerUnavailableError,
 )
-
-from mmrerank.background import free_ports
-from mmrerank.corpus import text
 
 QUERY = "river library history"
 

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import mmrerank_client.aio as aio_module
-import mmrerank_client.sync as sync_module
 import numpy as np
 import pytest
+from tritonclient.utils import InferenceServerException
+
+import mmrerank_client.aio as aio_module
+import mmrerank_client.sync as sync_module
 from mmrerank_client import (
     AsyncRerankClient,
     InvalidRequestError,
@@ -20,7 +22,6 @@ from mmrerank_client import (
 )
 from mmrerank_client._core import Endpoint
 from mmrerank_client.errors import translate
-from tritonclient.utils import InferenceServerException
 
 
 class FakeResult:

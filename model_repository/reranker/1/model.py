@@ -6,6 +6,7 @@ import traceback
 import torch
 import triton_python_backend_utils as pb_utils
 
+from mmrerank.metrics import Metrics
 from mmrerank.model import MatryoshkaReranker
 from mmrerank.requests import InvalidRequest, parse_parameters
 from mmrerank.score_step import ScoreStep
@@ -38,6 +39,7 @@ class TritonPythonModel:
         )
         self.step = ScoreStep(reranker, max_batch_tokens=integer_setting(settings, "max_batch_tokens"))
         self.logger = pb_utils.Logger
+        self.metrics = Metrics(pb_utils)
         self.logger.log_info(
             f"reranker ready on {reranker.device} ({reranker.dtype}); exits: layers "
             f"{list(reranker.spec.layer_indices)} x widths {list(reranker.spec.dim_indices)}"
@@ -57,17 +59,28 @@ class TritonPythonModel:
                 )
                 accepted.append(position)
             except InvalidRequest as error:
+                self.metrics.add("mmrerank_requests_rejected_total", 1, step="reranker", reason=error.reason)
                 responses[position] = _error(str(error), pb_utils.TritonError.INVALID_ARG)
         if prepared:
             try:
-                scores, _ = self.step.score(prepared)
+                scores, result = self.step.score(prepared)
                 for position, values in zip(accepted, scores, strict=True):
                     responses[position] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("scores", values)])
+                self._record(prepared, result)
             except Exception:  # noqa: BLE001 - answer every request rather than fail the batch
                 self.logger.log_error(f"scoring failed:\n{traceback.format_exc()}")
                 for position in accepted:
                     responses[position] = _error("internal error while scoring", pb_utils.TritonError.INTERNAL)
         return responses
+
+    def _record(self, prepared, result):
+        for request in prepared:
+            exit_labels = {"layer": request.options.layer, "dim": request.options.dim}
+            self.metrics.add("mmrerank_pairs_scored_total", len(request.rows), **exit_labels)
+            self.metrics.add("mmrerank_tokens_scored_total", sum(len(row) for row in request.rows), **exit_labels)
+        self.metrics.add("mmrerank_tokens_processed_total", result.padded_tokens)
+        for batch in result.batches:
+            self.metrics.add("mmrerank_micro_batches_total", 1, layer=batch.layer)
 
 
 def _error(message, code):

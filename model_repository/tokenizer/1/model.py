@@ -1,10 +1,12 @@
 """Triton adapter of the tokenizer step: `query` + `documents` -> token tensors, per-request errors."""
 
 import json
+import traceback
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from mmrerank.metrics import Metrics
 from mmrerank.requests import InvalidRequest, parse_parameters
 from mmrerank.settings import checkpoint_location, integer_setting, model_parameters
 from mmrerank.tokenize_step import TokenizeStep
@@ -21,6 +23,7 @@ class TritonPythonModel:
             max_tokens_per_pair=integer_setting(settings, "max_tokens_per_pair"),
         )
         self.logger = pb_utils.Logger
+        self.metrics = Metrics(pb_utils)
 
     def execute(self, requests):
         return [self._respond(request) for request in requests]
@@ -33,10 +36,14 @@ class TritonPythonModel:
                 parse_parameters(request.parameters()),
             )
         except InvalidRequest as error:
+            self.metrics.add("mmrerank_requests_rejected_total", 1, step="tokenizer", reason=error.reason)
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
-        except Exception as error:  # noqa: BLE001 - one request's failure must not fail the batch
-            self.logger.log_error(f"tokenizer failed on a request: {error!r}")
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError("internal error while tokenizing"))
+        except Exception:  # noqa: BLE001 - one request's failure must not fail the batch
+            self.logger.log_error(f"tokenizer failed on a request:\n{traceback.format_exc()}")
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError("internal error while tokenizing", pb_utils.TritonError.INTERNAL)
+            )
+        self.metrics.add("mmrerank_documents_truncated_total", int(encoded.truncated.sum()))
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("_input_ids", encoded.input_ids),

@@ -1,0 +1,138 @@
+"""Locust load test of the served reranker, over HTTP and gRPC, through the typed client.
+
+    locust -f tests/load/locustfile.py --headless --host http://127.0.0.1:8000 -u 16 -r 4 -t 60s
+    locust -f tests/load/locustfile.py ... --tags matryoshka          # one scenario
+    locust -f tests/load/locustfile.py ... GrpcRerankUser             # one protocol
+
+gRPC users reach `--grpc-host` (or $RERANK_GRPC_URL), by default the HTTP host with port + 1.
+Three layers: `TimedRerankClient` reports each call to Locust -> `RerankUser` holds one ->
+`HttpRerankUser` / `GrpcRerankUser` run the scenarios.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import grpc.experimental.gevent as grpc_gevent
+from locust import User, between, events, tag, task
+
+from mmrerank.corpus import LANGUAGES, text
+from mmrerank_client import RerankClient, RerankError
+
+grpc_gevent.init_gevent()  # gRPC's blocking calls must yield to Locust's greenlets
+
+
+@events.init_command_line_parser.add_listener
+def _add_options(parser: Any) -> None:
+    parser.add_argument("--grpc-host", env_var="RERANK_GRPC_URL", default="", help="grpc://host:port for gRPC users")
+    parser.add_argument("--model-name", default="rerank", help="Triton model to call")
+    parser.add_argument("--layers", default="3,6,11,22", help="exit layers of the served checkpoint, for 'matryoshka'")
+    parser.add_argument("--dims", default="64,128,256,512,768", help="head widths of the served checkpoint")
+
+
+def _integers(text_list: str) -> list[int]:
+    return [int(item) for item in text_list.split(",") if item.strip()]
+
+
+class TimedRerankClient:
+    """Wraps the typed client; every call fires Locust's request event with its time, size and error."""
+
+    def __init__(self, url: str, model: str, request_type: str) -> None:
+        self.client = RerankClient(url, model=model, timeout=120)
+        self.request_type = request_type
+
+    def rerank(self, name: str, query: str, documents: list[str], **options: Any) -> None:
+        start = time.perf_counter()
+        error: Exception | None = None
+        try:
+            self.client.rerank(query, documents, **options)
+        except RerankError as caught:
+            error = caught
+        events.request.fire(
+            request_type=self.request_type,
+            name=name,
+            response_time=(time.perf_counter() - start) * 1000,
+            response_length=len(documents),
+            exception=error,
+            context={},
+        )
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class RerankUser(User):
+    """A user holding one timed client; the scenarios are its tasks."""
+
+    abstract = True
+    wait_time = between(0.0, 0.05)
+    protocol = "http"
+
+    def url(self) -> str:
+        host = self.host or "http://127.0.0.1:8000"
+        if self.protocol == "http":
+            return host
+        if self.environment.parsed_options and self.environment.parsed_options.grpc_host:
+            return self.environment.parsed_options.grpc_host
+        parts = urlsplit(host)
+        return f"grpc://{parts.hostname}:{(parts.port or 8000) + 1}"
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
+        model = options.model_name if options else "rerank"
+        self.rng = random.Random()
+        self.client = TimedRerankClient(self.url(), model, self.protocol)
+        self.client.client.wait_until_ready(timeout=60)
+        layers = _integers(options.layers) if options else [None]
+        dims = _integers(options.dims) if options else [None]
+        self.exits = [(layer, dim) for layer in layers for dim in dims]
+
+    def on_stop(self) -> None:
+        self.client.close()
+
+    @tag("short")
+    @task(4)
+    def short_documents(self) -> None:
+        """10 documents of about 15 tokens."""
+        docs = [text(self.rng, 9) for _ in range(10)]
+        self.client.rerank("short", text(self.rng, 6), docs)
+
+    @tag("long")
+    @task(1)
+    def long_documents(self) -> None:
+        """2 documents of about 1,500 tokens."""
+        docs = [text(self.rng, 940) for _ in range(2)]
+        self.client.rerank("long", text(self.rng, 6), docs)
+
+    @tag("matryoshka")
+    @task(3)
+    def matryoshka_mix(self) -> None:
+        """10 documents at a random (layer, width) among the served model's exits."""
+        layer, dim = self.rng.choice(self.exits)
+        docs = [text(self.rng, self.rng.randint(10, 120)) for _ in range(10)]
+        self.client.rerank(f"layer {layer} dim {dim}", text(self.rng, 6), docs, layer=layer, dim=dim)
+
+    @tag("rag")
+    @task(2)
+    def rag_request(self) -> None:
+        """1 query, 20-100 documents of mixed lengths and languages."""
+        docs = [
+            text(self.rng, self.rng.choice([20, 60, 150, 400]), self.rng.choice(LANGUAGES))
+            for _ in range(self.rng.randint(20, 100))
+        ]
+        self.client.rerank("rag", text(self.rng, 8), docs)
+
+
+class HttpRerankUser(RerankUser):
+    """Calls over HTTP."""
+
+    protocol = "http"
+
+
+class GrpcRerankUser(RerankUser):
+    """Calls over gRPC."""
+
+    protocol = "grpc"

@@ -1,0 +1,29 @@
+"""A short headless Locust run against the tiny demo server: every scenario, both protocols, zero failures."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+
+
+def test_short_headless_run_has_no_failures(server, tmp_path):
+    prefix = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
+        "--host", f"http://{server.http_url}", "--grpc-host", f"grpc://{server.grpc_url}",
+        "--layers", "1,2,4,6", "--dims", "8,16,32,64,128",
+        "-u", "6", "-r", "6", "-t", "20s", "--stop-timeout", "30", "--csv", str(prefix), "--exit-code-on-error", "1",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with open(f"{prefix}_stats.csv", newline="") as handle:
+        rows = {(row["Type"], row["Name"]): row for row in csv.DictReader(handle)}
+    total = rows[("", "Aggregated")]
+    assert int(total["Request Count"]) > 10
+    assert int(total["Failure Count"]) == 0
+    assert {kind for kind, _ in rows} >= {"http", "grpc"}
+    assert {name for _, name in rows} >= {"short", "rag"}
