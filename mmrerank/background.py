@@ -11,7 +11,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmrerank.launcher import REPO_ROOT, LaunchError
+from mmrerank.launcher import REPO_ROOT
+from mmrerank.supervisor import LaunchError
 
 
 def free_ports(count: int) -> list[int]:
@@ -62,14 +63,19 @@ class BackgroundServer:
         return self.process.returncode
 
 
-def start_server(checkpoint: Path, log_path: Path, *extra: str, ready_timeout: float = 240) -> BackgroundServer:
-    """Launch scripts/serve on free ports and wait until Triton is ready; raise LaunchError with the log if not."""
+def start_server(
+    checkpoint: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None, ready_timeout: float = 240
+) -> BackgroundServer:
+    """Launch scripts/serve on free ports and wait until Triton is ready; raise LaunchError with the log if not.
+
+    `extra` goes to scripts/serve; `env` adds environment variables (e.g. MMRERANK_API_KEY).
+    """
     http, grpc, metrics = free_ports(3)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(REPO_ROOT / "scripts" / "serve"), "--checkpoint", str(checkpoint), "--http-port", str(http),
              "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
         )  # fmt: skip
     server = BackgroundServer(http, grpc, metrics, log_path, process)
     deadline = time.monotonic() + ready_timeout

@@ -14,26 +14,23 @@ import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmrerank.settings import CHECKPOINT_ENV
+from mmrerank.supervisor import LaunchError, Supervisor
 
 LOGGER = logging.getLogger("mmrerank.serve")
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 DEFAULT_DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "demo-tiny"
 EXIT_TIMEOUT_SECONDS = 30
-
-
-class LaunchError(RuntimeError):
-    """The server could not be found, started or made ready."""
+API_KEY_ENV = "MMRERANK_API_KEY"
+API_KEY_HEADER = "x-api-key"
+# Behind the key when one is set; health and metadata stay open for probes and load balancers.
+RESTRICTED_APIS = "inference,model-config,model-repository,shared-memory,statistics,trace,logging"
 
 
 @dataclass
@@ -43,10 +40,13 @@ class ServerCommand:
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
 
-    def shell(self) -> str:
-        """The command as one shell line, environment first."""
+    def shell(self, secret: str | None = None) -> str:
+        """The command as one shell line, environment first; `secret` shows as a reference to its variable."""
         assignments = [f"{key}={shlex.quote(value)}" for key, value in sorted(self.env.items())]
-        return " ".join(assignments + [shlex.quote(arg) for arg in self.argv])
+        words = [shlex.quote(arg) for arg in self.argv]
+        if secret:
+            words = [word.replace(secret, f"'\"${{{API_KEY_ENV}}}\"'") for word in words]
+        return " ".join(assignments + words)
 
 
 def gpu_available() -> bool:
@@ -111,25 +111,16 @@ def server_command(args: argparse.Namespace, checkpoint: Path, backend_dir: Path
     ]
     if backend_dir is not None:
         argv.append(f"--backend-directory={backend_dir}")
-    if args.device == "cpu" or (args.device == "auto" and not gpu_available()):
-        argv.append("--model-config-name=cpu")
+    api_key = os.environ.get(API_KEY_ENV, "")
+    if api_key:
+        argv.append(f"--http-restricted-api={RESTRICTED_APIS}:{API_KEY_HEADER}={api_key}")
+        argv.append(f"--grpc-restricted-protocol={RESTRICTED_APIS}:{API_KEY_HEADER}={api_key}")
+    config_name = args.model_config_name
+    if config_name is None and (args.device == "cpu" or (args.device == "auto" and not gpu_available())):
+        config_name = "cpu"
+    if config_name:
+        argv.append(f"--model-config-name={config_name}")
     return ServerCommand(argv + list(args.extra), env)
-
-
-def wait_until_ready(process: subprocess.Popen[bytes], url: str, timeout: float) -> None:
-    """Poll Triton's readiness endpoint until it answers 200, the process dies, or time runs out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise LaunchError(f"tritonserver exited with status {process.returncode} before becoming ready")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.5)
-    raise LaunchError(f"tritonserver was not ready within {timeout:.0f} s")
 
 
 def resolve_checkpoint(requested: str | None) -> Path:
@@ -161,6 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="gpu: the GPU config; cpu: reranker/configs/cpu.pbtxt; auto: gpu when PyTorch sees one",
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--model-config-name", help="a configs/NAME.pbtxt to use (default: cpu without a GPU)")
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for readiness")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument(
@@ -182,43 +174,34 @@ def run(args: argparse.Namespace) -> int:
         backend_dir = None if shutil.which("tritonserver") else prepare_wheel_backends(Path(scratch))
         command = server_command(args, checkpoint, backend_dir)
         if args.print_command:
-            print(command.shell())  # noqa: T201 - this is the command's output
+            print(command.shell(secret=os.environ.get(API_KEY_ENV)))  # noqa: T201 - this is the command's output
             return 0
         LOGGER.info("serving checkpoint %s", checkpoint)
-        process = subprocess.Popen(command.argv, env={**os.environ, **command.env})
-        stopping = False
-
-        def stop(signum: int, _frame: object) -> None:
-            nonlocal stopping
-            stopping = True
-            LOGGER.info("stopping tritonserver (%s)", signal.Signals(signum).name)
-            process.send_signal(signal.SIGTERM)
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
+        if os.environ.get(API_KEY_ENV):
+            LOGGER.info("inference and admin APIs require the %s header (key from $%s)", API_KEY_HEADER, API_KEY_ENV)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        try:
-            wait_until_ready(process, f"http://{host}:{args.http_port}/v2/health/ready", args.ready_timeout)
-        except LaunchError:
-            if stopping:
-                return process.wait()
-            process.terminate()
-            process.wait(timeout=EXIT_TIMEOUT_SECONDS + 10)
-            raise
-        LOGGER.info(
-            "ready: HTTP http://%s:%d  gRPC %s:%d  metrics http://%s:%d/metrics  (model 'rerank')",
-            host,
-            args.http_port,
-            host,
-            args.grpc_port,
-            host,
-            args.metrics_port,
+        supervisor = Supervisor(
+            command.argv,
+            {**os.environ, **command.env},
+            ready_url=f"http://{host}:{args.http_port}/v2/health/ready",
+            ready_timeout=args.ready_timeout,
+            exit_timeout=EXIT_TIMEOUT_SECONDS + 10,
         )
+        signal.signal(signal.SIGTERM, supervisor.stop)
+        signal.signal(signal.SIGINT, supervisor.stop)
         try:
-            return process.wait()
+            supervisor.start()
+            LOGGER.info(
+                "ready: HTTP http://%s:%d  gRPC %s:%d  metrics http://%s:%d/metrics  (model 'rerank')",
+                host, args.http_port, host, args.grpc_port, host, args.metrics_port,
+            )  # fmt: skip
+            return supervisor.supervise()
+        except LaunchError:
+            if supervisor.stopping:
+                return 0
+            raise
         finally:
-            if process.poll() is None:
-                process.kill()
+            supervisor.kill_if_running()
 
 
 def main(argv: list[str] | None = None) -> int:

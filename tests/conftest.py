@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from mmrerank.background import BackgroundServer, start_server  # noqa: E402
 from mmrerank.demo import build_demo_checkpoint  # noqa: E402
-from mmrerank.launcher import LaunchError  # noqa: E402
+from mmrerank.supervisor import LaunchError  # noqa: E402
 
 
 @pytest.fixture(scope="session")

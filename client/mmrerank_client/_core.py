@@ -14,6 +14,7 @@ from mmrerank_client.errors import InvalidRequestError
 from mmrerank_client.types import RerankResponse, RerankResult
 
 DEFAULT_MODEL = "rerank"
+API_KEY_HEADER = "x-api-key"
 OUTPUTS = ("scores", "num_tokens", "truncated")
 
 
@@ -116,6 +117,11 @@ def scores_in_input_order(response: RerankResponse) -> list[float]:
     for result in response.results:
         scores[result.index] = result.score
     return scores
+
+
+def auth_headers(api_key: str | None) -> dict[str, str] | None:
+    """The header carrying the API key, or None when there is no key."""
+    return {API_KEY_HEADER: api_key} if api_key else None
 
 
 def group_pairs(pairs: Sequence[tuple[str, str]]) -> dict[str, list[int]]:

@@ -17,6 +17,7 @@ from mmrerank_client._core import (
     OUTPUTS,
     Endpoint,
     RerankRequest,
+    auth_headers,
     build_request,
     build_response,
     check_top_n,
@@ -31,18 +32,29 @@ from mmrerank_client.types import RerankResponse
 class AsyncRerankClient:
     """asyncio client of the served reranker; the URL scheme picks HTTP or gRPC.
 
-    `timeout` (seconds, None for none) bounds each call unless the call gives its own.
+    `timeout` (seconds, None for none) bounds each call unless the call gives its own; `api_key`
+    is sent as the `x-api-key` header when the server restricts inference to a key.
     """
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", *, model: str = DEFAULT_MODEL, timeout: float | None = 60.0):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        model: str = DEFAULT_MODEL,
+        timeout: float | None = 60.0,
+        api_key: str | None = None,
+    ) -> None:
         self.endpoint = Endpoint.parse(url)
         self.model = model
         self.timeout = timeout
+        self._headers = auth_headers(api_key)
         self._module: Any = grpcaio if self.endpoint.protocol == "grpc" else httpaio
         self._client: Any = self._module.InferenceServerClient(self.endpoint.address)
 
     async def _infer(self, request: RerankRequest, timeout: float | None) -> dict[str, NDArray[Any]]:
-        call = self._client.infer(self.model, make_inputs(self._module, request), parameters=request.parameters)
+        call = self._client.infer(
+            self.model, make_inputs(self._module, request), parameters=request.parameters, headers=self._headers
+        )
         try:
             result = await asyncio.wait_for(call, timeout)
         except asyncio.TimeoutError as error:

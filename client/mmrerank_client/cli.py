@@ -1,9 +1,13 @@
-"""`rerank "query" doc1 doc2 ... [--file docs.txt]`: rank documents against a served reranker by hand."""
+"""`rerank "query" doc1 doc2 ... [--file docs.txt]`: rank documents against a served reranker by hand.
+
+The API key, when the server requires one, comes from $MMRERANK_API_KEY (never the command line).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -63,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("rerank: give documents as arguments or with --file", file=sys.stderr)
         return 2
     try:
-        with RerankClient(args.url, model=args.model, timeout=args.timeout) as client:
+        api_key = os.environ.get("MMRERANK_API_KEY")
+        with RerankClient(args.url, model=args.model, timeout=args.timeout, api_key=api_key) as client:
             response = client.rerank(
                 args.query,
                 documents,

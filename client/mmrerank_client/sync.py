@@ -18,6 +18,7 @@ from mmrerank_client._core import (
     OUTPUTS,
     Endpoint,
     RerankRequest,
+    auth_headers,
     build_request,
     build_response,
     check_top_n,
@@ -42,13 +43,22 @@ def make_inputs(module: Any, request: RerankRequest) -> list[Any]:
 class RerankClient:
     """Blocking client of the served reranker; the URL scheme picks HTTP or gRPC.
 
-    `timeout` (seconds, None for none) bounds each call unless the call gives its own.
+    `timeout` (seconds, None for none) bounds each call unless the call gives its own; `api_key`
+    is sent as the `x-api-key` header when the server restricts inference to a key.
     """
 
-    def __init__(self, url: str = "http://127.0.0.1:8000", *, model: str = DEFAULT_MODEL, timeout: float | None = 60.0):
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        model: str = DEFAULT_MODEL,
+        timeout: float | None = 60.0,
+        api_key: str | None = None,
+    ) -> None:
         self.endpoint = Endpoint.parse(url)
         self.model = model
         self.timeout = timeout
+        self._headers = auth_headers(api_key)
         self._local = threading.local()
         self._grpc = (
             grpcclient.InferenceServerClient(self.endpoint.address) if self.endpoint.protocol == "grpc" else None
@@ -71,11 +81,12 @@ class RerankClient:
                     self.model,
                     make_inputs(grpcclient, request),
                     parameters=request.parameters,
+                    headers=self._headers,
                     client_timeout=timeout,
                 )
             else:
                 result = self._http(timeout).infer(
-                    self.model, make_inputs(httpclient, request), parameters=request.parameters
+                    self.model, make_inputs(httpclient, request), parameters=request.parameters, headers=self._headers
                 )
         except Exception as error:
             raise translate(error) from error

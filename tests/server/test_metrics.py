@@ -6,9 +6,8 @@ import re
 import urllib.request
 
 import pytest
-from tritonclient.utils import InferenceServerException
-
 from helpers import infer
+from tritonclient.utils import InferenceServerException
 
 SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
 

@@ -1,0 +1,145 @@
+"""Keep one tritonserver process running: readiness, clean stops, and recovery from dead backend stubs.
+
+Triton 2.51 neither restarts a Python backend stub that died (OOM kill, segfault) nor marks
+the model unready: requests fail with "Stub process ... is not healthy" while readiness stays
+green. The supervisor watches the stub processes; when one disappears it stops the server
+(readiness turns false at once), starts it again and waits until it is ready.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+LOGGER = logging.getLogger("mmrerank.serve")
+STUB_NAME = "triton_python_backend_stub"
+
+
+class LaunchError(RuntimeError):
+    """The server could not be found, started or made ready."""
+
+
+def stub_processes(parent: int) -> dict[int, str]:
+    """Python backend stubs under `parent`: pid -> the model file each one runs."""
+    stubs: dict[int, str] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == parent and argv and argv[0].endswith(STUB_NAME.encode()):
+            stubs[int(entry.name)] = argv[1].decode(errors="replace") if len(argv) > 1 else "?"
+    return stubs
+
+
+def wait_until_ready(process: subprocess.Popen[bytes], url: str, timeout: float) -> None:
+    """Poll Triton's readiness endpoint until it answers 200, the process dies, or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise LaunchError(f"tritonserver exited with status {process.returncode} before becoming ready")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.5)
+    raise LaunchError(f"tritonserver was not ready within {timeout:.0f} s")
+
+
+class Supervisor:
+    """Runs tritonserver until told to stop, restarting it when a backend stub dies."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        ready_url: str,
+        ready_timeout: float,
+        exit_timeout: float,
+        max_restarts: int = 3,
+        restart_window: float = 600.0,
+    ) -> None:
+        self.argv, self.env = list(argv), dict(env)
+        self.ready_url, self.ready_timeout, self.exit_timeout = ready_url, ready_timeout, exit_timeout
+        self.max_restarts, self.restart_window = max_restarts, restart_window
+        self.process: subprocess.Popen[bytes] | None = None
+        self.stopping = False
+        self.restarts: list[float] = []
+
+    def start(self) -> None:
+        """Start tritonserver and wait until it reports ready."""
+        self.process = subprocess.Popen(self.argv, env=self.env)
+        try:
+            wait_until_ready(self.process, self.ready_url, self.ready_timeout)
+        except LaunchError:
+            if not self.stopping:
+                self._terminate(self.exit_timeout)
+            raise
+
+    def stop(self, signum: int, _frame: object = None) -> None:
+        """Signal handler: ask tritonserver to finish in-flight requests and exit."""
+        self.stopping = True
+        LOGGER.info("stopping tritonserver (%s); in-flight requests finish first", signal.Signals(signum).name)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def _terminate(self, grace: float) -> None:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def _may_restart(self) -> bool:
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < self.restart_window] + [now]
+        return len(self.restarts) <= self.max_restarts
+
+    def supervise(self, poll_seconds: float = 1.0) -> int:
+        """Wait for the server to exit (returning its status), restarting it after a stub dies."""
+        assert self.process is not None
+        stubs = stub_processes(self.process.pid)
+        while True:
+            try:
+                return self.process.wait(timeout=poll_seconds)
+            except subprocess.TimeoutExpired:
+                pass
+            if self.stopping:
+                continue
+            alive = stub_processes(self.process.pid)
+            dead = {pid: model for pid, model in stubs.items() if pid not in alive}
+            if not dead:
+                stubs = alive
+                continue
+            for pid, model in dead.items():
+                LOGGER.error("Python backend stub %d (%s) died; restarting tritonserver", pid, model)
+            # The dead model cannot unload, so a graceful stop would only wait out the exit timeout.
+            self._terminate(grace=5.0)
+            if self.stopping:
+                return self.process.returncode
+            if not self._may_restart():
+                LOGGER.error("giving up after %d restarts within %.0f s", self.max_restarts, self.restart_window)
+                return 1
+            self.start()
+            LOGGER.info("tritonserver ready again after restart %d", len(self.restarts))
+            stubs = stub_processes(self.process.pid)
+
+    def kill_if_running(self) -> None:
+        """Last resort on the way out."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
