@@ -33,7 +33,7 @@ def workload(count: int, documents: int, tokens: int, seed: int = 0) -> list[tup
 
 def in_process(checkpoint: Path, requests: list[tuple[str, list[str]]], max_batch_tokens: int) -> float:
     """Requests per second through TokenizeStep + ScoreStep, one request at a time, in this process."""
-    tokenize = TokenizeStep(checkpoint, max_documents=1000, max_tokens_per_pair=32768)
+    tokenize = TokenizeStep(checkpoint, max_documents=1000, max_tokens_per_pair=32768, max_text_bytes=4 * 2**20)
     score = ScoreStep(MatryoshkaReranker.from_pretrained(checkpoint, device="cpu"), max_batch_tokens)
 
     def one(query: str, documents: list[str]) -> None:

@@ -23,7 +23,7 @@ class InvalidRequest(ValueError):
     """The client sent something this service cannot score; the message is safe to return.
 
     `reason` is a short category for metrics: unknown_parameter, parameter_type, parameter_value,
-    document_count, not_utf8, query_too_long, pair_too_long, bad_tensor, bad_parameters.
+    document_count, text_size, not_utf8, query_too_long, pair_too_long, bad_tensor, bad_parameters.
     """
 
     def __init__(self, message: str, reason: str) -> None:
@@ -102,15 +102,17 @@ def parse_options(parameters: Mapping[str, object], spec: MatryoshkaSpec, max_le
     )
 
 
-def decode_texts(values: np.ndarray, what: str) -> list[str]:
-    """UTF-8 strings from a Triton BYTES tensor, naming the first element that is not UTF-8."""
+def decode_texts(values: np.ndarray, what: str, max_bytes: int) -> list[str]:
+    """UTF-8 strings from a Triton BYTES tensor, naming the first element that is too large or not UTF-8."""
     texts: list[str] = []
     for index, value in enumerate(values.reshape(-1)):
         raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
+        label = what if values.size == 1 and what == "query" else f"{what} {index}"
+        if len(raw) > max_bytes:
+            raise InvalidRequest(f"{label} has {len(raw)} bytes; at most {max_bytes} are allowed", "text_size")
         try:
             texts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as error:
-            label = what if values.size == 1 and what == "query" else f"{what} {index}"
             raise InvalidRequest(f"{label} is not valid UTF-8 (byte {error.start})", "not_utf8") from error
     return texts
 

@@ -11,6 +11,8 @@ from tokenizers import Tokenizer
 
 # <bos>, <eos> after the query, <eos> after the document.
 SPECIAL_TOKENS_PER_PAIR = 3
+# Tokens kept beyond the cut when a document is pre-cut (see PairTokenizer.character_budget).
+PRE_CUT_MARGIN_TOKENS = 64
 
 
 class QueryTooLongError(ValueError):
@@ -20,9 +22,10 @@ class QueryTooLongError(ValueError):
 class PairTooLongError(ValueError):
     """A pair exceeds the token limit and truncation was switched off."""
 
-    def __init__(self, index: int, num_tokens: int, max_length: int) -> None:
+    def __init__(self, index: int, num_tokens: int, max_length: int, at_least: bool = False) -> None:
+        count = f"at least {num_tokens}" if at_least else str(num_tokens)
         super().__init__(
-            f"document {index} makes a pair of {num_tokens} tokens, over max_length={max_length}; "
+            f"document {index} makes a pair of {count} tokens, over max_length={max_length}; "
             "shorten it or allow truncation"
         )
         self.index = index
@@ -45,6 +48,7 @@ class PairTokenizer:
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
         self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.longest_token_chars = max(len(token) for token in tokenizer.get_vocab())
 
     @classmethod
     def from_file(cls, path: str | Path, bos_id: int, eos_id: int, pad_id: int) -> PairTokenizer:
@@ -55,24 +59,35 @@ class PairTokenizer:
         """Ids of each text without special tokens."""
         return [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
 
+    def character_budget(self, tokens: int) -> int:
+        """Characters that surely hold more than `tokens` tokens (no token is longer than the longest vocab entry).
+
+        Documents longer than this are cut before tokenizing, so a 100 MB document costs what a
+        32K-token one does. The margin keeps the cut far from the tokens that are kept, where BPE
+        or Unigram segmentation could differ from that of the whole text.
+        """
+        return (tokens + PRE_CUT_MARGIN_TOKENS) * self.longest_token_chars
+
     def encode(self, query: str, documents: Sequence[str], max_length: int, truncate: bool = True) -> EncodedPairs:
         """Encode every (query, document) pair to at most `max_length` tokens.
 
         Raises QueryTooLongError when not even one document token fits, and PairTooLongError
         (naming the document's index) for an over-long pair when `truncate` is False.
         """
-        query_ids = self.token_ids([query])[0]
+        query_ids = self.token_ids([query[: self.character_budget(max_length)]])[0]
         room = max_length - len(query_ids) - SPECIAL_TOKENS_PER_PAIR
         if room < 1:
             raise QueryTooLongError(
                 f"the query has {len(query_ids)} tokens, which leaves no room for a document "
                 f"within max_length={max_length}"
             )
-        document_ids = self.token_ids(documents)
+        budget = self.character_budget(room)
+        document_ids = self.token_ids([document[:budget] for document in documents])
         if not truncate:
             for index, ids in enumerate(document_ids):
                 if len(ids) > room:
-                    raise PairTooLongError(index, len(ids) + len(query_ids) + SPECIAL_TOKENS_PER_PAIR, max_length)
+                    pair_tokens = len(ids) + len(query_ids) + SPECIAL_TOKENS_PER_PAIR
+                    raise PairTooLongError(index, pair_tokens, max_length, at_least=len(documents[index]) > budget)
         head = [self.bos_id, *query_ids, self.eos_id]
         kept = [min(len(ids), room) for ids in document_ids]
         lengths = np.array([len(head) + n + 1 for n in kept], dtype=np.int32)

@@ -15,11 +15,14 @@ from mmrerank.tokenization import EncodedPairs, PairTokenizer, PairTooLongError,
 class TokenizeStep:
     """Validates one request (parameters, documents, UTF-8) and encodes its (query, document) pairs."""
 
-    def __init__(self, checkpoint_dir: str | Path, max_documents: int, max_tokens_per_pair: int) -> None:
+    def __init__(
+        self, checkpoint_dir: str | Path, max_documents: int, max_tokens_per_pair: int, max_text_bytes: int
+    ) -> None:
         directory = Path(checkpoint_dir)
         config = read_encoder_config(directory / CONFIG_FILE)
         self.spec = read_matryoshka_spec(directory / MATRYOSHKA_FILE, config)
         self.max_documents = max_documents
+        self.max_text_bytes = max_text_bytes
         self.max_tokens_per_pair = min(max_tokens_per_pair, config.max_position_embeddings)
         self.tokenizer = PairTokenizer.from_file(
             directory / TOKENIZER_FILE, config.bos_token_id, config.eos_token_id, config.pad_token_id
@@ -31,8 +34,8 @@ class TokenizeStep:
         if query.size != 1:
             raise InvalidRequest(f"'query' must hold exactly one text, got {query.size}", "bad_tensor")
         check_document_count(documents.size, self.max_documents)
-        query_text = decode_texts(query, "query")[0]
-        document_texts = decode_texts(documents, "document")
+        query_text = decode_texts(query, "query", self.max_text_bytes)[0]
+        document_texts = decode_texts(documents, "document", self.max_text_bytes)
         try:
             return self.tokenizer.encode(query_text, document_texts, options.max_length, options.truncate)
         except QueryTooLongError as error:

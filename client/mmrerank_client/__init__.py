@@ -9,6 +9,7 @@ with RerankClient("http://127.0.0.1:8000") as client:
 
 from mmrerank_client.aio import AsyncRerankClient
 from mmrerank_client.errors import (
+    AuthenticationError,
     InvalidRequestError,
     ModelNotReadyError,
     RerankError,
@@ -19,6 +20,7 @@ from mmrerank_client.sync import RerankClient
 from mmrerank_client.types import RerankResponse, RerankResult
 
 __all__ = [
+    "AuthenticationError",
     "AsyncRerankClient",
     "InvalidRequestError",
     "ModelNotReadyError",

@@ -15,6 +15,7 @@ from mmrerank_client.types import RerankResponse, RerankResult
 
 DEFAULT_MODEL = "rerank"
 API_KEY_HEADER = "x-api-key"
+GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
 OUTPUTS = ("scores", "num_tokens", "truncated")
 
 
@@ -119,9 +120,14 @@ def scores_in_input_order(response: RerankResponse) -> list[float]:
     return scores
 
 
-def auth_headers(api_key: str | None) -> dict[str, str] | None:
-    """The header carrying the API key, or None when there is no key."""
-    return {API_KEY_HEADER: api_key} if api_key else None
+def auth_headers(api_key: str | None, protocol: str) -> dict[str, str] | None:
+    """The header carrying the API key, or None when there is no key.
+
+    Triton checks a restricted gRPC protocol's header under a `triton-grpc-protocol-` prefix.
+    """
+    if not api_key:
+        return None
+    return {(GRPC_HEADER_PREFIX if protocol == "grpc" else "") + API_KEY_HEADER: api_key}
 
 
 def group_pairs(pairs: Sequence[tuple[str, str]]) -> dict[str, list[int]]:

@@ -47,7 +47,7 @@ class AsyncRerankClient:
         self.endpoint = Endpoint.parse(url)
         self.model = model
         self.timeout = timeout
-        self._headers = auth_headers(api_key)
+        self._headers = auth_headers(api_key, self.endpoint.protocol)
         self._module: Any = grpcaio if self.endpoint.protocol == "grpc" else httpaio
         self._client: Any = self._module.InferenceServerClient(self.endpoint.address)
 

@@ -23,6 +23,10 @@ class ModelNotReadyError(RerankError):
     """The server answers, but the model is not loaded or not ready."""
 
 
+class AuthenticationError(RerankError):
+    """The server requires an API key (the x-api-key header) and none or a wrong one was sent."""
+
+
 def translate(error: BaseException) -> RerankError:
     """Map a tritonclient or network exception onto this hierarchy (the caller raises it `from` error)."""
     if isinstance(error, RerankError):
@@ -37,6 +41,11 @@ def translate(error: BaseException) -> RerankError:
     lowered = f"{status} {message}".lower()
     if status in ("400", "StatusCode.INVALID_ARGUMENT"):
         return InvalidRequestError(message)
+    if (
+        status in ("401", "403", "StatusCode.UNAUTHENTICATED", "StatusCode.PERMISSION_DENIED")
+        or "restricted" in lowered
+    ):
+        return AuthenticationError(message)
     if isinstance(error, TimeoutError) or "deadline" in lowered or "timed out" in lowered or "timeout" in lowered:
         return RerankTimeoutError(message or "the request timed out")
     if "not ready" in lowered or "unknown model" in lowered or "is not found" in lowered or status == "404":

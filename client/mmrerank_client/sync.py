@@ -58,7 +58,7 @@ class RerankClient:
         self.endpoint = Endpoint.parse(url)
         self.model = model
         self.timeout = timeout
-        self._headers = auth_headers(api_key)
+        self._headers = auth_headers(api_key, self.endpoint.protocol)
         self._local = threading.local()
         self._grpc = (
             grpcclient.InferenceServerClient(self.endpoint.address) if self.endpoint.protocol == "grpc" else None

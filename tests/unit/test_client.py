@@ -13,6 +13,7 @@ import mmrerank_client.aio as aio_module
 import mmrerank_client.sync as sync_module
 from mmrerank_client import (
     AsyncRerankClient,
+    AuthenticationError,
     InvalidRequestError,
     ModelNotReadyError,
     RerankClient,
@@ -231,3 +232,27 @@ def test_endpoint_parsing(url, protocol, address):
 def test_an_unknown_scheme_is_refused():
     with pytest.raises(ValueError, match="scheme must be http or grpc"):
         Endpoint.parse("ftp://host")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        InferenceServerException("This API is restricted, expecting header 'x-api-key'", status="403"),
+        InferenceServerException("This protocol is restricted", status="StatusCode.UNAVAILABLE"),
+    ],
+)
+def test_a_missing_api_key_is_an_authentication_error(fake, error):
+    fake.error = error
+    with pytest.raises(AuthenticationError):
+        RerankClient().rerank("q", DOCS)
+
+
+def test_the_api_key_travels_as_a_header(fake):
+    RerankClient("grpc://h", api_key="secret").rerank("q", DOCS)
+    RerankClient("http://h").rerank("q", DOCS)
+    RerankClient("http://h", api_key="secret").rerank("q", DOCS)
+    assert [call["headers"] for call in fake.calls] == [
+        {"triton-grpc-protocol-x-api-key": "secret"},
+        None,
+        {"x-api-key": "secret"},
+    ]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from mmrerank.corpus import text
 from mmrerank.tokenization import PairTooLongError, QueryTooLongError
 
 QUERY = "what is the history of the river"
@@ -54,3 +57,34 @@ def test_a_query_with_no_room_for_a_document_is_an_error(pair_tokenizer):
 def test_special_token_text_in_a_document_tokenizes_as_the_reference_does(pair_tokenizer, reference):
     encoded = pair_tokenizer.encode(QUERY, ["<bos> water <eos>"], max_length=512)
     assert encoded.input_ids[0, : encoded.lengths[0]].tolist() == reference.token_ids(QUERY, "<bos> water <eos>")
+
+
+def test_long_documents_are_cut_before_tokenizing_without_changing_the_kept_tokens(pair_tokenizer, monkeypatch):
+    document = text(random.Random(4), 60_000)
+    full = pair_tokenizer.token_ids([document])[0]
+    seen: list[int] = []
+    original = pair_tokenizer.tokenizer.encode_batch
+
+    def spy(texts, **kwargs):
+        seen.extend(len(t) for t in texts)
+        return original(texts, **kwargs)
+
+    monkeypatch.setattr(pair_tokenizer.tokenizer, "encode_batch", spy)
+    encoded = pair_tokenizer.encode(QUERY, [document], max_length=512)
+    query_tokens = len(pair_tokenizer.token_ids([QUERY])[0])
+    room = 512 - query_tokens - 3
+    assert max(seen) <= pair_tokenizer.character_budget(room) < len(document)
+    assert encoded.input_ids[0, query_tokens + 2 : -1].tolist() == full[:room]
+    assert encoded.truncated.tolist() == [True]
+
+
+def test_a_giant_single_word_document_is_cheap_and_truncated(pair_tokenizer):
+    encoded = pair_tokenizer.encode(QUERY, ["x" * 20_000_000], max_length=300)
+    assert encoded.lengths.tolist() == [300] and encoded.truncated.tolist() == [True]
+    with pytest.raises(PairTooLongError, match="makes a pair of at least .* tokens, over max_length=300"):
+        pair_tokenizer.encode(QUERY, ["x" * 20_000_000], max_length=300, truncate=False)
+
+
+def test_a_giant_query_is_refused_without_tokenizing_it_whole(pair_tokenizer):
+    with pytest.raises(QueryTooLongError, match="leaves no room"):
+        pair_tokenizer.encode("y" * 20_000_000, ["water"], max_length=512)

@@ -21,6 +21,7 @@ class TritonPythonModel:
             checkpoint_location(settings),
             max_documents=integer_setting(settings, "max_documents"),
             max_tokens_per_pair=integer_setting(settings, "max_tokens_per_pair"),
+            max_text_bytes=integer_setting(settings, "max_text_bytes"),
         )
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)

@@ -1,0 +1,133 @@
+"""Faults and limits on servers of their own: graceful drain, dead stubs, overload, API keys."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+from helpers import assert_close, library_scores
+
+from mmrerank.background import start_server
+from mmrerank.corpus import text
+from mmrerank_client import AuthenticationError, RerankClient, RerankError, ServerUnavailableError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def ready(server) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_sigterm_drains_in_flight_requests(tiny_checkpoint, tmp_path, reranker, pair_tokenizer):
+    server = start_server(tiny_checkpoint, tmp_path / "server.log")
+    rng = random.Random(8)
+    jobs = [("drain " + str(i), [text(rng, 900) for _ in range(3)]) for i in range(8)]
+    try:
+        with RerankClient(f"grpc://{server.grpc_url}", timeout=120) as client, ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(client.score, query, docs, layer=6) for query, docs in jobs]
+            time.sleep(0.5)
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            results = [future.result() for future in futures]
+            exit_code = server.process.wait(timeout=60)
+            took = time.monotonic() - started
+    finally:
+        server.stop()
+    for (query, docs), scores in zip(jobs, results, strict=True):
+        assert_close(np.array(scores, dtype=np.float32), library_scores(reranker, pair_tokenizer, query, docs, layer=6))
+    assert exit_code == 0
+    assert took < 45, f"shutdown took {took:.1f} s"
+
+
+def test_a_killed_backend_stub_is_detected_and_recovered(tiny_checkpoint, tmp_path):
+    server = start_server(tiny_checkpoint, tmp_path / "server.log")
+    try:
+        url = f"http://{server.http_url}"
+        with RerankClient(url, timeout=30) as client:
+            before = client.score("river", ["water", "bread"], layer=2)
+            triton = psutil.Process(server.process.pid).children()[0]
+            stub = next(p for p in triton.children() if "reranker" in " ".join(p.cmdline()))
+            stub.kill()
+            saw_not_ready = False
+            deadline = time.monotonic() + 90
+            while time.monotonic() < deadline:
+                if not ready(server):
+                    saw_not_ready = True
+                elif saw_not_ready:
+                    break
+                try:
+                    client.score("river", ["water"], layer=2, timeout=10)
+                except RerankError:
+                    pass  # failing fast during the restart is expected; hanging is not
+                time.sleep(0.2)
+            assert saw_not_ready, "readiness never turned false after the stub died"
+            assert ready(server)
+            assert client.score("river", ["water", "bread"], layer=2) == pytest.approx(before)
+        assert "restarting tritonserver" in server.log_path.read_text()
+    finally:
+        server.stop()
+
+
+def test_overload_is_rejected_fast_not_hung(tiny_checkpoint, tmp_path):
+    repository = tmp_path / "model_repository"
+    shutil.copytree(REPO_ROOT / "model_repository", repository)
+    config = repository / "reranker" / "configs" / "cpu.pbtxt"
+    config.write_text(config.read_text().replace("max_queue_size: 256", "max_queue_size: 1"))
+    server = start_server(tiny_checkpoint, tmp_path / "server.log", "--model-repository", str(repository))
+    rng = random.Random(9)
+    jobs = [[text(rng, 2500) for _ in range(4)] for _ in range(24)]
+
+    def call(docs):
+        started = time.monotonic()
+        try:
+            client.score("overload", docs, layer=6)
+            return "ok", time.monotonic() - started
+        except ServerUnavailableError as error:
+            return str(error), time.monotonic() - started
+
+    try:
+        with RerankClient(f"grpc://{server.grpc_url}", timeout=120) as client, ThreadPoolExecutor(24) as pool:
+            outcomes = list(pool.map(call, jobs))
+    finally:
+        server.stop()
+    rejected = [(message, took) for message, took in outcomes if message != "ok"]
+    assert rejected, "no request was rejected although the queue holds one"
+    assert any(message == "ok" for message, _ in outcomes)
+    assert all("queue" in message.lower() for message, _ in rejected), rejected[:2]
+    slowest_ok = max(took for message, took in outcomes if message == "ok")
+    assert min(took for _, took in rejected) < slowest_ok
+
+
+def test_an_api_key_guards_inference_but_not_health(tiny_checkpoint, tmp_path):
+    secret = "k3y-" + "".join(random.choice("abcdef0123456789") for _ in range(24))
+    server = start_server(tiny_checkpoint, tmp_path / "server.log", env={"MMRERANK_API_KEY": secret})
+    try:
+        assert ready(server)
+        for url in (f"http://{server.http_url}", f"grpc://{server.grpc_url}"):
+            with RerankClient(url) as anonymous, pytest.raises(AuthenticationError):
+                anonymous.score("river", ["water"])
+            with RerankClient(url, api_key="wrong") as wrong, pytest.raises(AuthenticationError):
+                wrong.score("river", ["water"])
+            with RerankClient(url, api_key=secret) as client:
+                assert len(client.score("river", ["water"])) == 1
+        try:
+            urllib.request.urlopen(f"http://{server.http_url}/v2/models/reranker/stats", timeout=5)
+            raise AssertionError("statistics served without the key")
+        except urllib.error.HTTPError as error:
+            assert error.code in (401, 403)
+    finally:
+        server.stop()
+    assert secret not in server.log_path.read_text()

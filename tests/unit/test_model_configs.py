@@ -1,0 +1,75 @@
+"""The Triton model configs parse as ModelConfig protobufs and agree with each other and the library."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2
+
+from mmrerank.requests import PARAMETERS
+
+REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
+RERANKER_VARIANTS = sorted((REPOSITORY / "reranker" / "configs").glob("*.pbtxt"))
+
+
+def load(path: Path) -> model_config_pb2.ModelConfig:
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_every_model_has_a_loadable_version():
+    for model in ("rerank", "tokenizer", "reranker"):
+        assert load(REPOSITORY / model / "config.pbtxt").name == model
+        assert (REPOSITORY / model / "1").is_dir()
+    assert (REPOSITORY / "rerank" / "1" / ".gitkeep").is_file()
+
+
+def test_the_ensemble_wires_the_public_contract():
+    ensemble = load(REPOSITORY / "rerank" / "config.pbtxt")
+    assert [(t.name, t.data_type, list(t.dims)) for t in ensemble.input] == [
+        ("query", model_config_pb2.TYPE_STRING, [1]),
+        ("documents", model_config_pb2.TYPE_STRING, [-1]),
+    ]
+    assert [(t.name, list(t.dims)) for t in ensemble.output] == [
+        ("scores", [-1]),
+        ("num_tokens", [-1]),
+        ("truncated", [-1]),
+    ]
+    steps = [step.model_name for step in ensemble.ensemble_scheduling.step]
+    assert steps == ["tokenizer", "reranker"]
+
+
+def test_documents_per_request_fit_one_reranker_batch():
+    tokenizer = load(REPOSITORY / "tokenizer" / "config.pbtxt")
+    max_documents = int(tokenizer.parameters["max_documents"].string_value)
+    for path in [REPOSITORY / "reranker" / "config.pbtxt", *RERANKER_VARIANTS]:
+        assert max_documents <= load(path).max_batch_size, path.name
+
+
+@pytest.mark.parametrize("variant", RERANKER_VARIANTS, ids=lambda p: p.stem)
+def test_reranker_variants_differ_only_in_placement_and_budget(variant):
+    default, other = load(REPOSITORY / "reranker" / "config.pbtxt"), load(variant)
+    for config in (default, other):
+        config.ClearField("instance_group")
+        config.parameters["max_batch_tokens"].string_value = ""
+    assert default == other
+
+
+def test_reranker_batches_dynamically_with_a_bounded_queue():
+    config = load(REPOSITORY / "reranker" / "config.pbtxt")
+    assert config.max_batch_size >= 1024
+    assert config.dynamic_batching.default_queue_policy.max_queue_size > 0
+    assert config.dynamic_batching.default_queue_policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+    assert config.input[0].allow_ragged_batch
+    assert config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    cpu = load(REPOSITORY / "reranker" / "configs" / "cpu.pbtxt")
+    assert cpu.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+
+
+def test_the_tokenizer_runs_on_cpu_and_documents_every_parameter():
+    tokenizer = load(REPOSITORY / "tokenizer" / "config.pbtxt")
+    assert all(group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU for group in tokenizer.instance_group)
+    readme = (REPOSITORY.parent / "README.md").read_text()
+    for parameter in PARAMETERS:
+        assert f"| `{parameter}` |" in readme
