@@ -12,6 +12,7 @@ from torch import nn
 
 from mmrerank.attention import cls_attention, global_attention, key_padding_mask, local_attention
 from mmrerank.checkpoint import EncoderConfig
+from mmrerank.varlen import packed_attention
 
 
 def _layer_norm(hidden: int, eps: float) -> nn.LayerNorm:
@@ -97,6 +98,25 @@ class EncoderLayer(nn.Module):
         hidden = hidden + self.attn.merge(attended)
         return hidden + self.mlp(self.mlp_norm(hidden))
 
+    def forward_packed(
+        self,
+        hidden: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        cu_seqlens: torch.Tensor,
+        max_length: int,
+        use_flash: bool,
+        cls_rows: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The same layer over packed sequences [1, tokens, hidden]; with `cls_rows`, only those rows come out."""
+        query, key, value = self.attn.project(self.attn_norm(hidden), rotary)
+        q, k, v = (t[0].transpose(0, 1) for t in (query, key, value))  # [tokens, heads, head_dim]
+        attended = packed_attention(q, k, v, cu_seqlens, max_length, self.half_window, use_flash)
+        attended = attended.transpose(0, 1)[None]
+        if cls_rows is not None:
+            attended, hidden = attended[:, :, cls_rows], hidden[:, cls_rows]
+        hidden = hidden + self.attn.merge(attended)
+        return hidden + self.mlp(self.mlp_norm(hidden))
+
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """(x1, x2) -> (-x2, x1) over the last dimension's halves."""
@@ -131,10 +151,7 @@ class Encoder(nn.Module):
         self.final_norm = _layer_norm(config.hidden_size, config.norm_eps)
 
     def cls_states(self, input_ids: torch.Tensor, lengths: torch.Tensor, exit_layer: int) -> torch.Tensor:
-        """CLS vector of hidden state `exit_layer` (1-based) for right-padded [batch, length] ids.
-
-        Follows the training code: exits before the last layer apply `final_norm`, the last does not.
-        """
+        """CLS vector of hidden state `exit_layer` (1-based) for right-padded [batch, length] ids."""
         if not 1 <= exit_layer <= self.config.num_layers:
             raise ValueError(f"exit layer {exit_layer} is outside 1..{self.config.num_layers}")
         length = input_ids.shape[1]
@@ -149,7 +166,33 @@ class Encoder(nn.Module):
             layer = self.layers[index]
             theta = self.config.global_rope_theta if layer.half_window is None else self.config.local_rope_theta
             hidden = layer(hidden, tables[theta], valid, unpadded, cls_only=index == exit_layer - 1)
-        cls = hidden[:, 0]
-        if exit_layer < self.config.num_layers:
-            cls = self.final_norm(cls)
-        return cls
+        return self._exit(hidden[:, 0], exit_layer)
+
+    def cls_states_packed(
+        self, input_ids: torch.Tensor, lengths: torch.Tensor, exit_layer: int, use_flash: bool
+    ) -> torch.Tensor:
+        """As `cls_states`, for sequences packed end to end in a 1-D `input_ids` with their `lengths`."""
+        if not 1 <= exit_layer <= self.config.num_layers:
+            raise ValueError(f"exit layer {exit_layer} is outside 1..{self.config.num_layers}")
+        cu_seqlens = F.pad(torch.cumsum(lengths, 0), (1, 0))
+        starts = cu_seqlens[:-1]
+        positions = torch.arange(input_ids.numel(), device=input_ids.device) - torch.repeat_interleave(starts, lengths)
+        max_length = int(lengths.max())
+        dtype = self.final_norm.weight.dtype
+        tables = {}
+        for theta in {self.config.global_rope_theta, self.config.local_rope_theta}:
+            cos, sin = rotary_tables(max_length, self.config.head_dim, theta, dtype, input_ids.device)
+            tables[theta] = (cos[positions], sin[positions])
+        hidden = self.embeddings(input_ids)[None]
+        for index in range(exit_layer):
+            layer = self.layers[index]
+            theta = self.config.global_rope_theta if layer.half_window is None else self.config.local_rope_theta
+            last = index == exit_layer - 1
+            hidden = layer.forward_packed(
+                hidden, tables[theta], cu_seqlens, max_length, use_flash, starts if last else None
+            )
+        return self._exit(hidden[0], exit_layer)
+
+    def _exit(self, cls: torch.Tensor, exit_layer: int) -> torch.Tensor:
+        """Exits before the last layer apply `final_norm`, the last does not (as the heads were trained)."""
+        return self.final_norm(cls) if exit_layer < self.config.num_layers else cls

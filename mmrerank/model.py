@@ -11,6 +11,7 @@ import torch
 from mmrerank.checkpoint import Checkpoint, MatryoshkaSpec, load_checkpoint
 from mmrerank.encoder import Encoder
 from mmrerank.heads import MatryoshkaHeads
+from mmrerank.varlen import resolve_backend
 
 
 def default_device() -> torch.device:
@@ -26,11 +27,15 @@ def default_dtype(device: torch.device) -> torch.dtype:
 class MatryoshkaReranker:
     """Scores padded batches of token ids at any (exit layer, head width) of the checkpoint."""
 
-    def __init__(self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(
+        self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype, attention: str = "auto"
+    ) -> None:
         self.spec: MatryoshkaSpec = checkpoint.spec
         self.config = checkpoint.encoder_config
         self.device = device
         self.dtype = dtype
+        # sdpa: padded batches; varlen: packed sequences, each through SDPA; flash: packed, FlashAttention-2.
+        self.attention = resolve_backend(attention, device, dtype)
         self.encoder = Encoder(self.config)
         self.encoder.load_state_dict(checkpoint.encoder_state, strict=True)
         self.encoder.to(device=device, dtype=dtype).eval()
@@ -44,10 +49,14 @@ class MatryoshkaReranker:
         name_or_path: str | os.PathLike[str],
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
+        attention: str = "auto",
     ) -> MatryoshkaReranker:
-        """Load a checkpoint directory (or hub id); bf16 on GPU and fp32 on CPU unless told otherwise."""
+        """Load a checkpoint directory (or hub id); bf16 on GPU and fp32 on CPU unless told otherwise.
+
+        `attention` is auto (FlashAttention-2 where it runs, else SDPA), sdpa, varlen or flash.
+        """
         resolved = torch.device(device) if device is not None else default_device()
-        return cls(load_checkpoint(name_or_path), resolved, dtype or default_dtype(resolved))
+        return cls(load_checkpoint(name_or_path), resolved, dtype or default_dtype(resolved), attention)
 
     @torch.inference_mode()
     def logits(self, input_ids: np.ndarray, lengths: np.ndarray, layer: int, dims: Sequence[int]) -> np.ndarray:
@@ -59,7 +68,11 @@ class MatryoshkaReranker:
             raise ValueError(f"layer {layer} is not one of {list(self.spec.layer_indices)}")
         ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device)
         lens = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
-        cls = self.encoder.cls_states(ids, lens, layer)
+        if self.attention == "sdpa":
+            cls = self.encoder.cls_states(ids, lens, layer)
+        else:
+            packed = ids[torch.arange(ids.shape[1], device=self.device)[None, :] < lens[:, None]]
+            cls = self.encoder.cls_states_packed(packed, lens, layer, use_flash=self.attention == "flash")
         dims_array = np.asarray(dims)
         out = np.empty(len(dims_array), dtype=np.float32)
         for dim in np.unique(dims_array):

@@ -35,13 +35,16 @@ class TritonPythonModel:
     def initialize(self, args):
         settings = model_parameters(json.loads(args["model_config"]))
         reranker = MatryoshkaReranker.from_pretrained(
-            checkpoint_location(settings), device=_device(args), dtype=_dtype(settings.get("dtype", "auto"))
+            checkpoint_location(settings),
+            device=_device(args),
+            dtype=_dtype(settings.get("dtype", "auto")),
+            attention=settings.get("attention", "auto") or "auto",
         )
         self.step = ScoreStep(reranker, max_batch_tokens=integer_setting(settings, "max_batch_tokens"))
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)
         self.logger.log_info(
-            f"reranker ready on {reranker.device} ({reranker.dtype}); exits: layers "
+            f"reranker ready on {reranker.device} ({reranker.dtype}, {reranker.attention} attention); exits: layers "
             f"{list(reranker.spec.layer_indices)} x widths {list(reranker.spec.dim_indices)}"
         )
 
