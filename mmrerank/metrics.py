@@ -15,6 +15,7 @@ COUNTERS: dict[str, str] = {
     "mmrerank_micro_batches_total": "Encoder micro-batches run, by exit layer",
     "mmrerank_documents_truncated_total": "Documents cut to fit max_length",
     "mmrerank_requests_rejected_total": "Requests refused as invalid, by step and reason",
+    "mmrerank_requests_cancelled_total": "Requests skipped because the client cancelled them (e.g. a gRPC deadline)",
 }
 
 

@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 LOGGER = logging.getLogger("mmrerank.serve")
-STUB_NAME = "triton_python_backend_stub"
 
 
 class LaunchError(RuntimeError):
@@ -26,20 +25,30 @@ class LaunchError(RuntimeError):
 
 
 def stub_processes(parent: int) -> dict[int, str]:
-    """Python backend stubs under `parent`: pid -> the model file each one runs."""
+    """Live child processes of tritonserver (its Python backend stubs): pid -> what each one runs.
+
+    A stub that died stays a zombie until tritonserver reaps it, so zombies count as dead.
+    """
     stubs: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and argv and argv[0].endswith(STUB_NAME.encode()):
-            stubs[int(entry.name)] = argv[1].decode(errors="replace") if len(argv) > 1 else "?"
+        state, ppid = fields[0], int(fields[1])
+        if ppid == parent and state not in ("Z", "X"):
+            stubs[int(entry.name)] = _describe(entry)
     return stubs
+
+
+def _describe(entry: Path) -> str:
+    try:
+        argv = (entry / "cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    return argv[1].decode(errors="replace") if len(argv) > 1 and argv[1] else argv[0].decode(errors="replace")
 
 
 def wait_until_ready(process: subprocess.Popen[bytes], url: str, timeout: float) -> None:

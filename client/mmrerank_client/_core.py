@@ -136,3 +136,28 @@ def group_pairs(pairs: Sequence[tuple[str, str]]) -> dict[str, list[int]]:
     for index, (query, _document) in enumerate(pairs):
         groups.setdefault(query, []).append(index)
     return groups
+
+
+class ClientSettings:
+    """What both clients hold: the endpoint, the model, the default timeout and the auth header."""
+
+    def __init__(
+        self,
+        url: str = "http://127.0.0.1:8000",
+        *,
+        model: str = DEFAULT_MODEL,
+        timeout: float | None = 60.0,
+        api_key: str | None = None,
+    ) -> None:
+        self.endpoint = Endpoint.parse(url)
+        self.model = model
+        self.timeout = timeout
+        self._headers = auth_headers(api_key, self.endpoint.protocol)
+        self._connect()
+
+    def _connect(self) -> None:
+        """Open the protocol client (each client class provides it)."""
+        raise NotImplementedError
+
+    def _call_timeout(self, timeout: float | None) -> float | None:
+        return self.timeout if timeout is None else timeout

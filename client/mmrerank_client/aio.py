@@ -13,11 +13,9 @@ import tritonclient.http.aio as httpaio
 from numpy.typing import NDArray
 
 from mmrerank_client._core import (
-    DEFAULT_MODEL,
     OUTPUTS,
-    Endpoint,
+    ClientSettings,
     RerankRequest,
-    auth_headers,
     build_request,
     build_response,
     check_top_n,
@@ -29,25 +27,14 @@ from mmrerank_client.sync import make_inputs
 from mmrerank_client.types import RerankResponse
 
 
-class AsyncRerankClient:
+class AsyncRerankClient(ClientSettings):
     """asyncio client of the served reranker; the URL scheme picks HTTP or gRPC.
 
     `timeout` (seconds, None for none) bounds each call unless the call gives its own; `api_key`
     is sent as the `x-api-key` header when the server restricts inference to a key.
     """
 
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:8000",
-        *,
-        model: str = DEFAULT_MODEL,
-        timeout: float | None = 60.0,
-        api_key: str | None = None,
-    ) -> None:
-        self.endpoint = Endpoint.parse(url)
-        self.model = model
-        self.timeout = timeout
-        self._headers = auth_headers(api_key, self.endpoint.protocol)
+    def _connect(self) -> None:
         self._module: Any = grpcaio if self.endpoint.protocol == "grpc" else httpaio
         self._client: Any = self._module.InferenceServerClient(self.endpoint.address)
 
@@ -82,7 +69,7 @@ class AsyncRerankClient:
         request = build_request(
             query, documents, layer=layer, dim=dim, normalize=normalize, max_length=max_length, truncate=truncate
         )
-        outputs = await self._infer(request, self.timeout if timeout is None else timeout)
+        outputs = await self._infer(request, self._call_timeout(timeout))
         return build_response(outputs, documents, top_n=top_n, return_documents=return_documents, layer=layer, dim=dim)
 
     async def score(self, query: str, documents: Sequence[str], **options: Any) -> list[float]:

@@ -14,11 +14,9 @@ import tritonclient.http as httpclient
 from numpy.typing import NDArray
 
 from mmrerank_client._core import (
-    DEFAULT_MODEL,
     OUTPUTS,
-    Endpoint,
+    ClientSettings,
     RerankRequest,
-    auth_headers,
     build_request,
     build_response,
     check_top_n,
@@ -40,25 +38,14 @@ def make_inputs(module: Any, request: RerankRequest) -> list[Any]:
     return [query, documents]
 
 
-class RerankClient:
+class RerankClient(ClientSettings):
     """Blocking client of the served reranker; the URL scheme picks HTTP or gRPC.
 
     `timeout` (seconds, None for none) bounds each call unless the call gives its own; `api_key`
     is sent as the `x-api-key` header when the server restricts inference to a key.
     """
 
-    def __init__(
-        self,
-        url: str = "http://127.0.0.1:8000",
-        *,
-        model: str = DEFAULT_MODEL,
-        timeout: float | None = 60.0,
-        api_key: str | None = None,
-    ) -> None:
-        self.endpoint = Endpoint.parse(url)
-        self.model = model
-        self.timeout = timeout
-        self._headers = auth_headers(api_key, self.endpoint.protocol)
+    def _connect(self) -> None:
         self._local = threading.local()
         self._grpc = (
             grpcclient.InferenceServerClient(self.endpoint.address) if self.endpoint.protocol == "grpc" else None
@@ -111,7 +98,7 @@ class RerankClient:
         request = build_request(
             query, documents, layer=layer, dim=dim, normalize=normalize, max_length=max_length, truncate=truncate
         )
-        outputs = self._infer(request, self.timeout if timeout is None else timeout)
+        outputs = self._infer(request, self._call_timeout(timeout))
         return build_response(outputs, documents, top_n=top_n, return_documents=return_documents, layer=layer, dim=dim)
 
     def score(self, query: str, documents: Sequence[str], **options: Any) -> list[float]:

@@ -52,6 +52,10 @@ class TritonPythonModel:
         responses = [None] * len(requests)
         accepted, prepared = [], []
         for position, request in enumerate(requests):
+            if request.is_cancelled():  # the client gave up while this waited in the queue
+                self.metrics.add("mmrerank_requests_cancelled_total", 1)
+                responses[position] = _error("request cancelled", pb_utils.TritonError.CANCELLED)
+                continue
             try:
                 prepared.append(
                     self.step.prepare(
