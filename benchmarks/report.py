@@ -79,23 +79,23 @@ def latency_ms(client: RerankClient, rng: random.Random, tokens: int, count: int
 
 def grid(url: str, layers, dims, requests: list[tuple[str, list[str]]], concurrency: int) -> list[dict]:
     """Throughput and agreement with the deepest, widest exit for every (layer, dim)."""
-    with RerankClient(url, timeout=600) as client:
+    rows = []
+    with RerankClient(url, timeout=600) as client, ThreadPoolExecutor(concurrency) as pool:
         reference = [client.score(q, d) for q, d in requests]
-        rows = []
         for layer in layers:
             for dim in dims:
                 progress(f"grid: layer {layer}, dim {dim}")
-                start = time.perf_counter()
-                with ThreadPoolExecutor(concurrency) as pool:
-                    scores = list(
-                        pool.map(
-                            lambda r, exit_layer=layer, width=dim: client.score(
-                                r[0], r[1], layer=exit_layer, dim=width
-                            ),
-                            requests,
-                        )
-                    )
-                rate = len(requests) / (time.perf_counter() - start)
+
+                def run(request, exit_layer=layer, width=dim):
+                    return client.score(request[0], request[1], layer=exit_layer, dim=width)
+
+                run(requests[0])
+                rates = []
+                for _ in range(3):  # the best of three runs: one stall on a small machine skews a single run
+                    start = time.perf_counter()
+                    scores = list(pool.map(run, requests))
+                    rates.append(len(requests) / (time.perf_counter() - start))
+                rate = max(rates)
                 top1 = statistics.mean(
                     max(range(len(s)), key=s.__getitem__) == max(range(len(r)), key=r.__getitem__)
                     for s, r in zip(scores, reference, strict=True)
@@ -129,7 +129,7 @@ def plot_grid(rows: list[dict], path: Path) -> None:
     figure, axes = plt.subplots(figsize=(7, 5))
     for layer in sorted({row["layer"] for row in rows}):
         chosen = [row for row in rows if row["layer"] == layer]
-        axes.plot([r["rate"] for r in chosen], [r["top1"] for r in chosen], marker="o", label=f"layer {layer}")
+        axes.scatter([r["rate"] for r in chosen], [r["top1"] for r in chosen], label=f"layer {layer}")
         for r in chosen:
             axes.annotate(str(r["dim"]), (r["rate"], r["top1"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
     axes.set_xlabel("requests / s")
@@ -162,7 +162,7 @@ def plot_latency(latencies: dict[str, tuple[float, float]], path: Path) -> None:
 
 @contextmanager
 def serving(args: argparse.Namespace) -> Iterator[tuple[str, Path]]:
-    """An HTTP URL and the checkpoint behind it: the one given, or a demo preset served here."""
+    """A URL and the checkpoint behind it: the one given, or a demo preset served here (over gRPC)."""
     if args.url:
         yield args.url, Path(args.checkpoint)
         return
@@ -171,7 +171,7 @@ def serving(args: argparse.Namespace) -> Iterator[tuple[str, Path]]:
         progress(f"starting tritonserver on the {args.preset} demo checkpoint")
         server = start_server(checkpoint, Path(scratch) / "server.log")
         try:
-            yield f"http://{server.http_url}", checkpoint
+            yield f"grpc://{server.grpc_url}", checkpoint
         finally:
             server.stop()
 
@@ -180,11 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     """Run every benchmark and write report.md, grid.png and latency.png."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=("tiny", "base"), default="tiny")
-    parser.add_argument("--url", help="an already running server (HTTP), instead of starting one")
+    parser.add_argument("--url", help="an already running server (http:// or grpc://), instead of starting one")
     parser.add_argument("--checkpoint", help="the checkpoint that server serves (required with --url)")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "reports")
     parser.add_argument("--long-tokens", type=int, default=1500)
-    parser.add_argument("--grid-requests", type=int, default=8)
+    parser.add_argument("--grid-requests", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=4)
     args = parser.parse_args(argv)
     if args.url and not args.checkpoint:
