@@ -126,9 +126,18 @@ def server_command(args: argparse.Namespace, checkpoint: Path, backend_dir: Path
 def resolve_checkpoint(requested: str | None) -> Path:
     """The checkpoint to serve: the one given (directory or hub id) or the tiny demo, built on first use."""
     if requested:
-        from mmrerank.checkpoint import resolve_checkpoint_dir
+        from mmrerank.checkpoint import HEAD_FILES, REQUIRED_FILES, CheckpointError, resolve_checkpoint_dir
 
-        return resolve_checkpoint_dir(requested).resolve()
+        try:
+            directory = resolve_checkpoint_dir(requested).resolve()
+        except CheckpointError as error:
+            raise LaunchError(str(error)) from error
+        missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+        if not any((directory / name).is_file() for name in HEAD_FILES):
+            missing.append(" or ".join(HEAD_FILES))
+        if missing:
+            raise LaunchError(f"{directory} is not a checkpoint in the published layout: it lacks {', '.join(missing)}")
+        return directory
     if not (DEFAULT_DEMO_CHECKPOINT / "model.safetensors").is_file():
         from mmrerank.demo import build_demo_checkpoint
 
