@@ -24,12 +24,9 @@ class LaunchError(RuntimeError):
     """The server could not be found, started or made ready."""
 
 
-def stub_processes(parent: int) -> dict[int, str]:
-    """Live child processes of tritonserver (its Python backend stubs): pid -> what each one runs.
-
-    A stub that died stays a zombie until tritonserver reaps it, so zombies count as dead.
-    """
-    stubs: dict[int, str] = {}
+def child_states(parent: int) -> dict[int, str]:
+    """Tritonserver's children (its Python backend stubs): pid -> process state ("Z" for a zombie)."""
+    children: dict[int, str] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -37,15 +34,15 @@ def stub_processes(parent: int) -> dict[int, str]:
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        state, ppid = fields[0], int(fields[1])
-        if ppid == parent and state not in ("Z", "X"):
-            stubs[int(entry.name)] = _describe(entry)
-    return stubs
+        if int(fields[1]) == parent:
+            children[int(entry.name)] = fields[0]
+    return children
 
 
-def _describe(entry: Path) -> str:
+def describe(pid: int) -> str:
+    """The model file a stub runs, for log lines."""
     try:
-        argv = (entry / "cmdline").read_bytes().split(b"\0")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return "?"
     return argv[1].decode(errors="replace") if len(argv) > 1 and argv[1] else argv[0].decode(errors="replace")
@@ -122,7 +119,7 @@ class Supervisor:
     def supervise(self, poll_seconds: float = 1.0) -> int:
         """Wait for the server to exit (returning its status), restarting it after a stub dies."""
         assert self.process is not None
-        stubs = stub_processes(self.process.pid)
+        stubs = self._live_stubs()
         while True:
             try:
                 return self.process.wait(timeout=poll_seconds)
@@ -130,10 +127,13 @@ class Supervisor:
                 pass
             if self.stopping:
                 continue
-            alive = stub_processes(self.process.pid)
-            dead = {pid: model for pid, model in stubs.items() if pid not in alive}
+            children = child_states(self.process.pid)
+            # A stub that vanished since the last look, or one that died before the first look
+            # (tritonserver leaves it a zombie): either way its model can no longer answer.
+            dead = {pid: model for pid, model in stubs.items() if children.get(pid, "Z") == "Z"}
+            dead.update({pid: stubs.get(pid, "unknown model") for pid, state in children.items() if state == "Z"})
             if not dead:
-                stubs = alive
+                stubs = {pid: stubs.get(pid) or describe(pid) for pid in children}
                 continue
             for pid, model in dead.items():
                 LOGGER.error("Python backend stub %d (%s) died; restarting tritonserver", pid, model)
@@ -146,7 +146,11 @@ class Supervisor:
                 return 1
             self.start()
             LOGGER.info("tritonserver ready again after restart %d", len(self.restarts))
-            stubs = stub_processes(self.process.pid)
+            stubs = self._live_stubs()
+
+    def _live_stubs(self) -> dict[int, str]:
+        assert self.process is not None
+        return {pid: describe(pid) for pid, state in child_states(self.process.pid).items() if state != "Z"}
 
     def kill_if_running(self) -> None:
         """Last resort on the way out."""

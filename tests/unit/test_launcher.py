@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mmrerank import launcher
-from mmrerank.supervisor import LaunchError, stub_processes
+from mmrerank.supervisor import LaunchError, child_states
 
 
 def command(tmp_path, monkeypatch, *argv, env=None):
@@ -66,15 +66,15 @@ def test_a_checkpoint_directory_resolves(tiny_checkpoint):
     assert launcher.resolve_checkpoint(str(tiny_checkpoint)) == tiny_checkpoint.resolve()
 
 
-def test_children_that_died_are_not_counted():
+def test_a_killed_child_shows_as_a_zombie_until_reaped():
     child = subprocess.Popen(["sleep", "30"])
     try:
-        assert child.pid in stub_processes(os.getpid())
+        assert child_states(os.getpid())[child.pid] != "Z"
         os.kill(child.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while child.pid in stub_processes(os.getpid()) and time.monotonic() < deadline:
+        while child_states(os.getpid()).get(child.pid) != "Z" and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert child.pid not in stub_processes(os.getpid())  # a zombie until reaped, counted as dead
+        assert child_states(os.getpid())[child.pid] == "Z"  # not reaped yet: the supervisor counts it dead
     finally:
         child.kill()
         child.wait()
