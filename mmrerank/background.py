@@ -6,13 +6,11 @@ import os
 import signal
 import socket
 import subprocess
-import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from mmrerank.launcher import REPO_ROOT
-from mmrerank.supervisor import LaunchError
+from mmrerank.supervisor import LaunchError, wait_until_ready
 
 
 def free_ports(count: int) -> list[int]:
@@ -78,16 +76,9 @@ def start_server(
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
         )  # fmt: skip
     server = BackgroundServer(http, grpc, metrics, log_path, process)
-    deadline = time.monotonic() + ready_timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise LaunchError(f"scripts/serve exited with {process.returncode}:\n{server.log_tail()}")
-        try:
-            with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=2) as response:
-                if response.status == 200:
-                    return server
-        except OSError:
-            pass
-        time.sleep(0.5)
-    server.stop()
-    raise LaunchError(f"tritonserver not ready within {ready_timeout:.0f} s:\n{server.log_tail()}")
+    try:
+        wait_until_ready(process, f"http://{server.http_url}/v2/health/ready", ready_timeout)
+    except LaunchError as error:
+        server.stop()
+        raise LaunchError(f"{error}:\n{server.log_tail()}") from error
+    return server

@@ -152,8 +152,7 @@ class Encoder(nn.Module):
 
     def cls_states(self, input_ids: torch.Tensor, lengths: torch.Tensor, exit_layer: int) -> torch.Tensor:
         """CLS vector of hidden state `exit_layer` (1-based) for right-padded [batch, length] ids."""
-        if not 1 <= exit_layer <= self.config.num_layers:
-            raise ValueError(f"exit layer {exit_layer} is outside 1..{self.config.num_layers}")
+        self._check_exit(exit_layer)
         length = input_ids.shape[1]
         valid = key_padding_mask(lengths, length)
         unpadded = bool(valid.all())
@@ -172,8 +171,7 @@ class Encoder(nn.Module):
         self, input_ids: torch.Tensor, lengths: torch.Tensor, exit_layer: int, use_flash: bool
     ) -> torch.Tensor:
         """As `cls_states`, for sequences packed end to end in a 1-D `input_ids` with their `lengths`."""
-        if not 1 <= exit_layer <= self.config.num_layers:
-            raise ValueError(f"exit layer {exit_layer} is outside 1..{self.config.num_layers}")
+        self._check_exit(exit_layer)
         cu_seqlens = F.pad(torch.cumsum(lengths, 0), (1, 0))
         starts = cu_seqlens[:-1]
         positions = torch.arange(input_ids.numel(), device=input_ids.device) - torch.repeat_interleave(starts, lengths)
@@ -192,6 +190,10 @@ class Encoder(nn.Module):
                 hidden, tables[theta], cu_seqlens, max_length, use_flash, starts if last else None
             )
         return self._exit(hidden[0], exit_layer)
+
+    def _check_exit(self, exit_layer: int) -> None:
+        if not 1 <= exit_layer <= self.config.num_layers:
+            raise ValueError(f"exit layer {exit_layer} is outside 1..{self.config.num_layers}")
 
     def _exit(self, cls: torch.Tensor, exit_layer: int) -> torch.Tensor:
         """Exits before the last layer apply `final_norm`, the last does not (as the heads were trained)."""

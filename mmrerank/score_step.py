@@ -28,10 +28,9 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 class ScoreStep:
     """Validates token tensors of each request, then scores all requests' pairs together."""
 
-    def __init__(self, reranker: MatryoshkaReranker, max_batch_tokens: int, max_batch_pairs: int | None = None):
+    def __init__(self, reranker: MatryoshkaReranker, max_batch_tokens: int) -> None:
         self.reranker = reranker
         self.max_batch_tokens = max_batch_tokens
-        self.max_batch_pairs = max_batch_pairs
 
     def prepare(self, input_ids: np.ndarray, lengths: np.ndarray, parameters: Mapping[str, object]) -> ScoreRequest:
         """Check one request's tensors and parameters; raise InvalidRequest if they are unusable."""
@@ -54,7 +53,7 @@ class ScoreStep:
         tasks = [
             PairTask(row, request.options.layer, request.options.dim) for request in requests for row in request.rows
         ]
-        result = score_tasks(self.reranker, tasks, self.max_batch_tokens, self.max_batch_pairs)
+        result = score_tasks(self.reranker, tasks, self.max_batch_tokens)
         scores: list[np.ndarray] = []
         start = 0
         for request in requests:
