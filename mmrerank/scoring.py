@@ -26,17 +26,11 @@ class ScoringResult:
 
     logits: np.ndarray
     batches: list[MicroBatch]
-    real_tokens: int
 
     @property
     def padded_tokens(self) -> int:
         """Tokens the encoder processed, padding included."""
         return sum(batch.padded_tokens for batch in self.batches)
-
-    @property
-    def padding_efficiency(self) -> float:
-        """Real tokens over processed tokens (1.0 means no padding)."""
-        return self.real_tokens / self.padded_tokens if self.padded_tokens else 1.0
 
 
 def pad_rows(rows: Sequence[np.ndarray], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,15 +46,15 @@ def score_tasks(
     reranker: MatryoshkaReranker,
     tasks: Sequence[PairTask],
     max_batch_tokens: int,
-    max_batch_pairs: int | None = None,
 ) -> ScoringResult:
     """Raw logits for every task, in order, computed in length-sorted micro-batches per exit layer."""
     logits = np.empty(len(tasks), dtype=np.float32)
-    lengths = [len(task.token_ids) for task in tasks]
-    batches = plan_micro_batches(lengths, [task.layer for task in tasks], max_batch_tokens, max_batch_pairs)
+    batches = plan_micro_batches(
+        [len(task.token_ids) for task in tasks], [task.layer for task in tasks], max_batch_tokens
+    )
     pad_id = reranker.config.pad_token_id
     for batch in batches:
         chosen = [tasks[i] for i in batch.indices]
         ids, lengths = pad_rows([task.token_ids for task in chosen], pad_id)
         logits[list(batch.indices)] = reranker.logits(ids, lengths, batch.layer, [task.dim for task in chosen])
-    return ScoringResult(logits=logits, batches=batches, real_tokens=sum(lengths))
+    return ScoringResult(logits=logits, batches=batches)
