@@ -9,8 +9,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from mmrerank.corpus import text
-from mmrerank.demo import build_demo_checkpoint
+import numpy as np
+
+from mmrerank.dev.corpus import text
+from mmrerank.dev.demo import build_demo_checkpoint
+from mmrerank.serving.contract import RerankOptions
+from mmrerank.serving.reranker_step import RerankerStep, ScoredBatch, ScoreRequest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,3 +55,20 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def score_planned(
+    step: RerankerStep, rows: Sequence[np.ndarray], layer: int, dim: int, max_length: int = 32768
+) -> ScoredBatch:
+    """Raw logits of many rows at one exit through the serving step's planner (one request)."""
+    options = RerankOptions(layer=layer, dim=dim, normalize=False, max_length=max_length, truncate=True)
+    return step.score([ScoreRequest(list(rows), options)])
+
+
+def pad_rows(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Right-pad 1-D id rows into [rows, longest] with their lengths (for engines that take padded batches)."""
+    lengths = np.array([len(row) for row in rows], dtype=np.int64)
+    padded = np.full((len(rows), int(lengths.max(initial=0))), pad_id, dtype=np.int64)
+    for i, row in enumerate(rows):
+        padded[i, : len(row)] = row
+    return padded, lengths

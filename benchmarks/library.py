@@ -11,9 +11,9 @@ import random
 import numpy as np
 import torch
 
-from benchmarks.common import demo_checkpoint, markdown_table, progress, seconds
+from benchmarks.common import demo_checkpoint, markdown_table, progress, score_planned, seconds
 from mmrerank.model import MatryoshkaReranker
-from mmrerank.scoring import PairTask, pad_rows, score_tasks
+from mmrerank.serving.reranker_step import RerankerStep
 
 
 def random_rows(rng: np.random.Generator, lengths: list[int], vocab: int) -> list[np.ndarray]:
@@ -28,7 +28,7 @@ def random_rows(rng: np.random.Generator, lengths: list[int], vocab: int) -> lis
 
 def layer_throughput(reranker: MatryoshkaReranker, rows: list[np.ndarray], repeats: int) -> list[list[object]]:
     """Pairs per second at each exit layer, relative to the deepest."""
-    ids, lengths = pad_rows(rows, 0)
+    ids, lengths = np.concatenate(rows), [len(row) for row in rows]
     dim = reranker.spec.default_dim
     timings = {}
     for layer in reranker.spec.layer_indices:
@@ -41,33 +41,33 @@ def layer_throughput(reranker: MatryoshkaReranker, rows: list[np.ndarray], repea
 def planner_vs_naive(
     reranker: MatryoshkaReranker, rows: list[np.ndarray], layer: int, batch_size: int, max_batch_tokens: int
 ) -> list[list[object]]:
-    """The planner's length-sorted micro-batches against arrival-order batches padded to their longest."""
+    """The planner's length-sorted micro-batches against arrival-order batches of `batch_size` pairs."""
     dim = reranker.spec.default_dim
-    tasks = [PairTask(row, layer, dim) for row in rows]
+    step = RerankerStep(reranker, max_batch_tokens)
 
     def naive() -> None:
         for start in range(0, len(rows), batch_size):
-            ids, lengths = pad_rows(rows[start : start + batch_size], 0)
-            reranker.logits(ids, lengths, layer, [dim] * len(lengths))
+            chosen = rows[start : start + batch_size]
+            reranker.logits(np.concatenate(chosen), [len(row) for row in chosen], layer, [dim] * len(chosen))
 
     progress("mixed-length workload: naive padded batches")
     naive_time = seconds(naive, 1, warm_up=False)
     progress("mixed-length workload: planner")
-    planned_time = seconds(lambda: score_tasks(reranker, tasks, max_batch_tokens), 1, warm_up=False)
+    planned_time = seconds(lambda: score_planned(step, rows, layer, dim), 1, warm_up=False)
     naive_tokens = sum(
         max(len(r) for r in rows[s : s + batch_size]) * len(rows[s : s + batch_size])
         for s in range(0, len(rows), batch_size)
     )
-    planned = score_tasks(reranker, tasks, max_batch_tokens)
+    planned = score_planned(step, rows, layer, dim)
     return [
         ["naive, arrival order", f"{len(rows) / naive_time:.1f}", naive_tokens, "1.00x"],
-        ["planner", f"{len(rows) / planned_time:.1f}", planned.padded_tokens, f"{naive_time / planned_time:.2f}x"],
+        ["planner", f"{len(rows) / planned_time:.1f}", planned.tokens_processed, f"{naive_time / planned_time:.2f}x"],
     ]
 
 
 def width_cost(reranker: MatryoshkaReranker, rows: list[np.ndarray], repeats: int) -> list[list[object]]:
     """Time at the narrowest and widest head of the deepest layer."""
-    ids, lengths = pad_rows(rows, 0)
+    ids, lengths = np.concatenate(rows), [len(row) for row in rows]
     layer = reranker.spec.default_layer
     timings = {
         dim: seconds(lambda dim=dim: reranker.logits(ids, lengths, layer, [dim] * len(rows)), repeats)

@@ -12,10 +12,10 @@ import random
 import subprocess
 import sys
 
-from benchmarks.common import demo_checkpoint, markdown_table, progress, seconds
+from benchmarks.common import demo_checkpoint, markdown_table, pad_rows, progress, score_planned, seconds
 from mmrerank.model import MatryoshkaReranker
-from mmrerank.planner import plan_micro_batches
-from mmrerank.scoring import PairTask, pad_rows, score_tasks
+from mmrerank.serving.planner import plan_micro_batches
+from mmrerank.serving.reranker_step import RerankerStep
 
 POINT = r"""
 import json, resource, sys, time
@@ -27,7 +27,7 @@ if engine == "mmrerank":
     from mmrerank.model import MatryoshkaReranker
     model = MatryoshkaReranker.from_pretrained(path, device="cpu")
     def run(batch):
-        return model.logits(batch, np.array([batch.shape[1]]), model.spec.default_layer, [model.spec.default_dim])
+        return model.logits(batch[0], [batch.shape[1]], model.spec.default_layer, [model.spec.default_dim])
 else:
     from transformers import ModernBertConfig, ModernBertModel
     config = ModernBertConfig.from_pretrained(path); config.tie_last_hidden_states = False
@@ -72,8 +72,8 @@ def mixed_workload_rates(path: str, count: int) -> tuple[float, float]:
     lengths = [rng.randint(50, 300) if rng.random() < 0.85 else rng.randint(1000, 4000) for _ in range(count)]
     rows = [np.array([2, *[rng.randint(5, 2000) for _ in range(n - 1)]]) for n in lengths]
     layer, dim = reranker.spec.default_layer, reranker.spec.default_dim
-    tasks = [PairTask(row, layer, dim) for row in rows]
-    ours = count / seconds(lambda: score_tasks(reranker, tasks, 8192), 1, warm_up=False)
+    step = RerankerStep(reranker, 8192)
+    ours = count / seconds(lambda: score_planned(step, rows, layer, dim), 1, warm_up=False)
 
     config = ModernBertConfig.from_pretrained(path)
     config.tie_last_hidden_states = False
@@ -81,7 +81,7 @@ def mixed_workload_rates(path: str, count: int) -> tuple[float, float]:
 
     def transformers_run() -> None:
         for batch in plan_micro_batches(lengths, [layer] * count, 8192):
-            ids, batch_lengths = pad_rows([rows[i] for i in batch.indices], 0)
+            ids, batch_lengths = pad_rows([rows[i] for i in batch.indices])
             mask = (np.arange(ids.shape[1])[None, :] < batch_lengths[:, None]).astype(np.int64)
             with torch.inference_mode():
                 model(input_ids=torch.as_tensor(ids), attention_mask=torch.as_tensor(mask))

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from benchmarks.common import REPO_ROOT, demo_checkpoint, documents_of_tokens, markdown_table, progress
 from benchmarks.serving import in_process, served, workload
-from mmrerank.background import start_server
-from mmrerank.checkpoint import load_checkpoint
-from mmrerank.corpus import WORDS, text
+from mmrerank.dev.background import start_server
+from mmrerank.dev.corpus import WORDS, text
+from mmrerank.layout import CheckpointLayout
 from mmrerank_client import RerankClient
 
 NEEDLES = [
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     rng = random.Random(0)
     with serving(args) as (url, checkpoint):
-        spec = load_checkpoint(checkpoint).spec
+        spec = CheckpointLayout.open(checkpoint).spec
         random_weights = not args.url
         with RerankClient(url, timeout=600) as client:
             client.wait_until_ready(timeout=120)

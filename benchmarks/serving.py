@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import demo_checkpoint, documents_of_tokens, markdown_table, progress
-from mmrerank.background import start_server
+from mmrerank.dev.background import start_server
+from mmrerank.layout import CheckpointLayout
 from mmrerank.model import MatryoshkaReranker
-from mmrerank.score_step import ScoreStep
-from mmrerank.tokenize_step import TokenizeStep
+from mmrerank.serving.reranker_step import RerankerStep
+from mmrerank.serving.tokenizer_step import TokenizerStep
 from mmrerank_client import RerankClient
 
 
@@ -32,9 +33,10 @@ def workload(count: int, documents: int, tokens: int, seed: int = 0) -> list[tup
 
 
 def in_process(checkpoint: Path, requests: list[tuple[str, list[str]]], max_batch_tokens: int) -> float:
-    """Requests per second through TokenizeStep + ScoreStep, one request at a time, in this process."""
-    tokenize = TokenizeStep(checkpoint, max_documents=1000, max_tokens_per_pair=32768, max_text_bytes=4 * 2**20)
-    score = ScoreStep(MatryoshkaReranker.from_pretrained(checkpoint, device="cpu"), max_batch_tokens)
+    """Requests per second through TokenizerStep + RerankerStep, one request at a time, in this process."""
+    layout = CheckpointLayout.open(checkpoint)
+    tokenize = TokenizerStep(layout, max_documents=1000, max_tokens_per_pair=32768, max_text_bytes=4 * 2**20)
+    score = RerankerStep(MatryoshkaReranker.from_pretrained(layout, device="cpu"), max_batch_tokens)
 
     def one(query: str, documents: list[str]) -> None:
         encoded = tokenize.run(

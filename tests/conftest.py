@@ -9,9 +9,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mmrerank.background import BackgroundServer, start_server  # noqa: E402
-from mmrerank.demo import build_demo_checkpoint  # noqa: E402
-from mmrerank.supervisor import LaunchError  # noqa: E402
+from mmrerank.dev.background import BackgroundServer, start_server  # noqa: E402
+from mmrerank.dev.demo import build_demo_checkpoint  # noqa: E402
+from mmrerank.launch.supervisor import LaunchError  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -39,9 +39,9 @@ def reranker(tiny_checkpoint: Path):
 @pytest.fixture(scope="session")
 def pair_tokenizer(tiny_checkpoint: Path):
     """The library's pair tokenizer for the tiny checkpoint."""
-    from mmrerank.tokenization import PairTokenizer
+    from mmrerank.serving.pair_tokenizer import PairTokenizer
 
-    return PairTokenizer.from_file(tiny_checkpoint / "tokenizer.json", bos_id=2, eos_id=1, pad_id=0)
+    return PairTokenizer.from_file(tiny_checkpoint / "tokenizer.json")
 
 
 @pytest.fixture(scope="session")

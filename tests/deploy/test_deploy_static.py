@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mmrerank import launcher
+from mmrerank.launch import launcher
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER = REPO_ROOT / "docker"
@@ -53,12 +53,12 @@ def test_every_copied_path_exists(dockerfile):
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
 def test_container_runs_the_launchers_command_line(dockerfile, tmp_path, monkeypatch):
     entrypoint, cmd = instruction(dockerfile, "ENTRYPOINT"), instruction(dockerfile, "CMD")
-    assert entrypoint[:3] == ["python3", "-m", "mmrerank.launcher"]
+    assert entrypoint[0] == "mmrerank-serve"
     fake_server = tmp_path / "tritonserver"
     fake_server.write_text("#!/bin/sh\n")
     fake_server.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    args = launcher.parse_args(entrypoint[3:] + cmd)
+    args = launcher.parse_args(entrypoint[1:] + cmd)
     command = launcher.server_command(args, Path("/models/checkpoint"), backend_dir=None)
     assert command.argv[0] == str(fake_server)
     assert command.env == {"MMRERANK_CHECKPOINT": "/models/checkpoint"}

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import grpc.experimental.gevent as grpc_gevent
 from locust import User, between, events, tag, task
 
-from mmrerank.corpus import LANGUAGES, text
+from mmrerank.dev.corpus import LANGUAGES, text
 from mmrerank_client import RerankClient, RerankError
 
 grpc_gevent.init_gevent()  # gRPC's blocking calls must yield to Locust's greenlets

@@ -6,7 +6,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from mmrerank.score_step import sigmoid
+from mmrerank.serving.reranker_step import sigmoid
 
 MODEL = "rerank"
 

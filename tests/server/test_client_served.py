@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from helpers import assert_close, library_scores
 
-from mmrerank.background import free_ports
-from mmrerank.corpus import text
+from mmrerank.dev.background import free_ports
+from mmrerank.dev.corpus import text
 from mmrerank_client import (
     AsyncRerankClient,
     InvalidRequestError,

@@ -58,7 +58,7 @@ HTTP_CASES = {
     "query with two texts": (body(query=("a", "b")), "unexpected shape for input 'query'"),
     "shape and data disagree": (
         {"inputs": [body()["inputs"][0], {**body()["inputs"][1], "shape": [5]}]},
-        "unexpected|expected|shape",
+        "expected 5 string elements for inference input 'documents' for model 'rerank', got 2",
     ),
     "no inputs at all": ({"inputs": []}, "expected 2 inputs but got 0"),
     "layer negative": (body(parameters={"layer": -1}), r"'layer' must be one of \[1, 2, 4, 6\], got -1"),
@@ -132,15 +132,15 @@ def test_an_oversized_document_is_refused(server):
     assert infer("http", server.http_url, "river", GOOD_DOCS)["scores"].shape == (2,)
 
 
-def _reranker_request(url: str, ids: np.ndarray, lengths: np.ndarray, layer: int):
-    """One raw request to the internal reranker model, bypassing the tokenizer."""
-    inputs = [grpcclient.InferInput("_input_ids", list(ids.shape), "INT32"),
-              grpcclient.InferInput("_lengths", [len(lengths), 1], "INT32")]  # fmt: skip
-    inputs[0].set_data_from_numpy(ids.astype(np.int32))
-    inputs[1].set_data_from_numpy(lengths.reshape(-1, 1).astype(np.int32))
+def _reranker_request(url: str, ids: np.ndarray, lengths: np.ndarray, layer: int, **parameters):
+    """One raw request to the internal reranker model, bypassing the tokenizer: one ragged row."""
+    inputs = [grpcclient.InferInput("_input_ids", [1, ids.size], "INT32"),
+              grpcclient.InferInput("_lengths", [1, lengths.size], "INT32")]  # fmt: skip
+    inputs[0].set_data_from_numpy(ids.reshape(1, -1).astype(np.int32))
+    inputs[1].set_data_from_numpy(lengths.reshape(1, -1).astype(np.int32))
     client = grpcclient.InferenceServerClient(url)
     try:
-        return client.infer("reranker", inputs, parameters={"layer": layer, "dim": 8, "normalize": False})
+        return client.infer("reranker", inputs, parameters={"layer": layer, "dim": 8, "normalize": False, **parameters})
     finally:
         client.close()
 
@@ -149,7 +149,7 @@ def test_a_reranker_batch_mixing_bad_and_good_requests_answers_every_good_one(se
     encoded = pair_tokenizer.encode("river", ["the river flows", "water " * 50], 32768)
     good = (encoded.input_ids, encoded.lengths)
     bad_ids = encoded.input_ids.copy()
-    bad_ids[0, 1] = 10**6  # beyond the vocabulary
+    bad_ids[1] = 10**6  # beyond the vocabulary
     jobs = [(good, 2), ((bad_ids, encoded.lengths), 2), ((encoded.input_ids, encoded.lengths + 500), 4)] * 6
 
     def run(job):
@@ -165,8 +165,24 @@ def test_a_reranker_batch_mixing_bad_and_good_requests_answers_every_good_one(se
     for index, result in enumerate(results):
         if index % 3 == 0:
             assert not isinstance(result, Exception), result
-            assert_close(result, expected)
+            assert_close(result.reshape(-1), expected)
         else:
             assert isinstance(result, InferenceServerException)
             assert result.status() == "StatusCode.INVALID_ARGUMENT"
-            assert "token ids must lie between" in result.message() or "'_lengths' must lie between" in result.message()
+            expected_message = "token ids must lie between" if index % 3 == 1 else "'_lengths' must add up to the"
+            assert expected_message in result.message()
+
+
+@pytest.mark.parametrize(
+    ("length", "parameters", "message"),
+    [
+        (33_000, {}, "every pair must hold between 1 and max_length=32768 tokens, got 33000 to 33000"),
+        (300, {"max_length": 256}, "every pair must hold between 1 and max_length=256 tokens, got 300 to 300"),
+    ],
+)
+def test_the_internal_reranker_refuses_rows_over_its_limits(server, length, parameters, message):
+    ids = np.full(length, 7, dtype=np.int32)
+    ids[0] = 2
+    with pytest.raises(InferenceServerException, match=message) as error:
+        _reranker_request(server.grpc_url, ids, np.array([length]), 2, **parameters)
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"

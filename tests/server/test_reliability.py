@@ -16,8 +16,8 @@ import psutil
 import pytest
 from helpers import assert_close, library_scores
 
-from mmrerank.background import start_server
-from mmrerank.corpus import text
+from mmrerank.dev.background import start_server
+from mmrerank.dev.corpus import text
 from mmrerank_client import AuthenticationError, RerankClient, RerankError, ServerUnavailableError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

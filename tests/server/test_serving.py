@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import assert_close, infer, library_scores
 
-from mmrerank.corpus import text
+from mmrerank.dev.corpus import text
 
 QUERY = "where does the river meet the city library"
 

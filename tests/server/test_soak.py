@@ -9,7 +9,7 @@ import time
 
 import psutil
 
-from mmrerank.corpus import LANGUAGES, text
+from mmrerank.dev.corpus import LANGUAGES, text
 from mmrerank_client import RerankClient
 
 SOAK_SECONDS = float(os.environ.get("MMRERANK_SOAK_SECONDS", "60"))

@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmrerank.checkpoint import CheckpointError, load_checkpoint
+from mmrerank.layout import CheckpointError, CheckpointLayout
 from mmrerank.model import MatryoshkaReranker
+from mmrerank.model.weights import load_checkpoint
 
 
 @pytest.fixture()
@@ -36,7 +37,7 @@ def test_safetensors_heads_score_like_pickled_heads(copy, reranker):
     (copy / "classification_heads.pt").unlink()
     save_file(heads, str(copy / "classification_heads.safetensors"))
     other = MatryoshkaReranker.from_pretrained(copy, device="cpu")
-    ids, lengths = np.array([[2, 40, 50, 1, 60, 70, 1]]), np.array([7])
+    ids, lengths = np.array([2, 40, 50, 1, 60, 70, 1]), [7]
     for layer in reranker.spec.layer_indices:
         assert other.logits(ids, lengths, layer, [32]) == pytest.approx(reranker.logits(ids, lengths, layer, [32]))
 
@@ -56,7 +57,7 @@ def test_a_missing_file_is_named(copy, name):
 
 def test_missing_heads_are_reported(copy):
     (copy / "classification_heads.pt").unlink()
-    with pytest.raises(CheckpointError, match="no classification heads"):
+    with pytest.raises(CheckpointError, match="it lacks classification_heads.safetensors or classification_heads.pt"):
         load_checkpoint(copy)
 
 
@@ -101,13 +102,60 @@ def test_exit_layers_beyond_the_encoder_are_refused(copy):
         load_checkpoint(copy)
 
 
-def test_rope_scaling_is_refused(copy):
-    path = copy / "config.json"
+def edit_json(path: Path, **changes) -> None:
     config = json.loads(path.read_text())
-    config["rope_scaling"] = {"rope_type": "yarn", "factor": 4.0}
+    config.update(changes)
     path.write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match="plain RoPE"):
+
+
+def test_rope_scaling_is_refused(copy):
+    edit_json(copy / "config.json", rope_scaling={"rope_type": "yarn", "factor": 4.0})
+    with pytest.raises(CheckpointError, match="rope_scaling is set, but this reranker was trained with plain RoPE"):
         load_checkpoint(copy)
+
+
+@pytest.mark.parametrize(
+    ("rope_parameters", "named"),
+    [
+        ({"full_attention": {"rope_type": "default", "rope_theta": 160000.0},
+          "sliding_attention": {"rope_type": "yarn", "rope_theta": 160000.0, "factor": 4.0}}, "sliding_attention"),
+        ({"rope_type": "yarn", "rope_theta": 160000.0, "factor": 4.0}, "rope_parameters"),
+    ],
+)  # fmt: skip
+def test_yarn_in_the_transformers_5_form_is_refused(copy, rope_parameters, named):
+    edit_json(copy / "config.json", rope_parameters=rope_parameters)
+    with pytest.raises(CheckpointError, match=f"config.json: {named} has rope_type 'yarn'.*plain RoPE"):
+        CheckpointLayout.open(copy)
+
+
+def test_default_rope_parameters_in_the_transformers_5_form_are_read(copy):
+    edit_json(
+        copy / "config.json",
+        rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 80000.0},
+                         "sliding_attention": {"rope_type": "default", "rope_theta": 20000.0}},
+    )  # fmt: skip
+    config = CheckpointLayout.open(copy).encoder_config
+    assert (config.global_rope_theta, config.local_rope_theta) == (80000.0, 20000.0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needs"),
+    [("pooling_strategy", "mean", "'cls'"), ("has_final_norm", False, "True"), ("num_layers", 22, "6"),
+     ("hidden_size", 768, "128")],
+)  # fmt: skip
+def test_matryoshka_fields_must_agree_with_the_encoder(copy, key, value, needs):
+    edit_json(copy / "matryoshka_config.json", **{key: value})
+    with pytest.raises(CheckpointError, match=f"matryoshka_config.json: {key} is .*, but the encoder in config.json "
+                       f"needs {needs}"):  # fmt: skip
+        CheckpointLayout.open(copy)
+
+
+def test_the_layout_reads_the_checkpoints_name_and_files(tiny_checkpoint):
+    layout = CheckpointLayout.open(str(tiny_checkpoint))
+    assert layout.directory == tiny_checkpoint.resolve()
+    assert layout.heads_file.name == "classification_heads.pt"
+    assert layout.tokenizer_file == layout.directory / "tokenizer.json"
+    assert layout.spec.model_name == "demo-tiny"
 
 
 def test_a_config_without_local_theta_uses_the_global_one(copy):

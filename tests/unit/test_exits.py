@@ -1,4 +1,4 @@
-"""Every (layer, dim) exit of the fast path against the reference, early exit, batching, padding."""
+"""Every (layer, dim) exit of the fast path against the reference, early exit, batching, neighbours."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mmrerank.attention import key_padding_mask
-from mmrerank.corpus import text
-from mmrerank.encoder import rotary_tables
-from mmrerank.scoring import PairTask, score_tasks
+from mmrerank.dev.corpus import text
+from mmrerank.model.encoder import rotary_tables
+from mmrerank.model.kernels import PackedRows
+from mmrerank.serving.contract import RerankOptions
+from mmrerank.serving.reranker_step import RerankerStep, ScoreRequest
 
 RTOL = 1e-4
 QUERY = "where is the river library"
@@ -34,7 +35,7 @@ def encoded(pair_tokenizer, documents):
 
 def test_pair_tokens_match_the_tokenizers_own_pair_template(encoded, reference, documents):
     for row, document in enumerate(documents):
-        assert encoded.input_ids[row, : encoded.lengths[row]].tolist() == reference.token_ids(QUERY, document)
+        assert encoded.rows()[row].tolist() == reference.token_ids(QUERY, document)
 
 
 def test_every_exit_matches_the_reference(reranker, reference, encoded, documents):
@@ -56,21 +57,20 @@ def test_lengths_around_window_edges_match_the_reference(reranker, reference, le
     rng = np.random.default_rng(length)
     ids = [2, *rng.integers(5, 2000, size=length - 2).tolist(), 1]
     for layer in reranker.spec.layer_indices:
-        fast = reranker.logits(np.array([ids]), np.array([length]), layer, [64])
+        fast = reranker.logits(np.array(ids), [length], layer, [64])
         assert close(fast, np.array([reference.logit_of_ids(ids, layer, 64)])), (length, layer)
 
 
-def _full_run_hidden_states(reranker, ids: torch.Tensor, lengths: torch.Tensor) -> list[torch.Tensor]:
+def _full_run_hidden_states(reranker, ids: torch.Tensor, rows: PackedRows) -> list[torch.Tensor]:
     """Hidden states after every layer, running every layer over every position."""
     encoder = reranker.encoder
-    valid = key_padding_mask(lengths, ids.shape[1])
     config = encoder.config
     hidden = encoder.embeddings(ids)
     states = [hidden]
     for layer in encoder.layers:
         theta = config.global_rope_theta if layer.half_window is None else config.local_rope_theta
-        tables = rotary_tables(ids.shape[1], config.head_dim, theta, torch.float32, ids.device)
-        hidden = layer(hidden, tables, valid, unpadded=False, cls_only=False)
+        cos, sin = rotary_tables(rows.max_length, config.head_dim, theta, torch.float32, ids.device)
+        hidden = layer(hidden, (cos[rows.positions], sin[rows.positions]), rows, encoder.kernel, cls_only=False)
         states.append(hidden)
     return states
 
@@ -78,35 +78,38 @@ def _full_run_hidden_states(reranker, ids: torch.Tensor, lengths: torch.Tensor) 
 @torch.inference_mode()
 def test_early_exit_equals_a_full_run(reranker, encoded):
     ids = torch.as_tensor(encoded.input_ids, dtype=torch.long)
-    lengths = torch.as_tensor(encoded.lengths, dtype=torch.long)
-    states = _full_run_hidden_states(reranker, ids, lengths)
+    rows = PackedRows.from_lengths(torch.as_tensor(encoded.lengths, dtype=torch.long), tuple(encoded.lengths.tolist()))
+    states = _full_run_hidden_states(reranker, ids, rows)
     last = reranker.config.num_layers
     for layer in reranker.spec.layer_indices:
-        cls = states[layer][:, 0]
+        cls = states[layer][rows.starts]
         if layer < last:
             cls = reranker.encoder.final_norm(cls)
-        early = reranker.encoder.cls_states(ids, lengths, layer)
+        early = reranker.encoder.cls_states(ids, rows, layer)
         torch.testing.assert_close(early, cls, rtol=1e-5, atol=1e-5)
 
 
 def test_mixed_layer_batches_equal_one_row_at_a_time(reranker, encoded):
     rng = random.Random(3)
     exits = [(layer, dim) for layer in reranker.spec.layer_indices for dim in reranker.spec.dim_indices]
-    tasks = []
+    rows = encoded.rows()
+    requests = []
     for i in range(40):
-        row = i % len(encoded.lengths)
         layer, dim = rng.choice(exits)
-        tasks.append(PairTask(encoded.input_ids[row, : encoded.lengths[row]], layer, dim))
-    batched = score_tasks(reranker, tasks, max_batch_tokens=600).logits
-    for task, logit in zip(tasks, batched, strict=True):
-        alone = reranker.logits(task.token_ids[None, :], np.array([len(task.token_ids)]), task.layer, [task.dim])
-        assert close(np.array([logit]), alone)
+        options = RerankOptions(layer=layer, dim=dim, normalize=False, max_length=32768, truncate=True)
+        requests.append(ScoreRequest([rows[i % len(rows)]], options))
+    scored = RerankerStep(reranker, max_batch_tokens=600).score(requests)
+    assert len(scored.batches) > 4
+    for request, logits in zip(requests, scored.scores, strict=True):
+        row, options = request.rows[0], request.options
+        alone = reranker.logits(row, [len(row)], options.layer, [options.dim])
+        assert close(logits, alone)
 
 
-def test_padding_does_not_change_a_score(reranker, encoded):
-    short = encoded.input_ids[0, : encoded.lengths[0]]
-    alone = reranker.logits(short[None, :], np.array([len(short)]), 6, [128])
-    with_long_neighbour = reranker.logits(encoded.input_ids[[0, 4]], encoded.lengths[[0, 4]], 6, [128, 128])
+def test_a_long_neighbour_does_not_change_a_score(reranker, encoded):
+    short, long = encoded.rows()[0], encoded.rows()[4]
+    alone = reranker.logits(short, [len(short)], 6, [128])
+    with_long_neighbour = reranker.logits(np.concatenate([short, long]), [len(short), len(long)], 6, [128, 128])
     assert close(with_long_neighbour[:1], alone)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from mmrerank import launcher
-from mmrerank.supervisor import LaunchError, child_states
+from mmrerank.launch import launcher
+from mmrerank.launch.supervisor import LaunchError, child_states
 
 
 def command(tmp_path, monkeypatch, *argv, env=None):

@@ -12,9 +12,9 @@ import numpy as np
 from mmrerank.model import MatryoshkaReranker
 reranker = MatryoshkaReranker.from_pretrained(sys.argv[1], device="cpu")
 length = 32768
-ids = np.random.default_rng(0).integers(5, 2000, size=(1, length))
-ids[0, 0] = 2
-logits = reranker.logits(ids, np.array([length]), reranker.spec.default_layer, [reranker.spec.default_dim])
+ids = np.random.default_rng(0).integers(5, 2000, size=length)
+ids[0] = 2
+logits = reranker.logits(ids, [length], reranker.spec.default_layer, [reranker.spec.default_dim])
 peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
 print(json.dumps({"logit": float(logits[0]), "peak_gb": peak_gb}))
 """
@@ -26,4 +26,5 @@ def test_a_32k_token_pair_fits_in_bounded_memory(tiny_checkpoint):
     )
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["logit"] == measured["logit"]  # not NaN
-    assert measured["peak_gb"] < 6.0, measured
+    # A length x length score tensor alone would need 32768^2 x 4 heads x 4 bytes = 17 GB; this path peaks near 0.7 GB.
+    assert measured["peak_gb"] < 1.5, measured

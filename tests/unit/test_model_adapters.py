@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from triton_stub import FakeRequest, MetricFamily, load_adapter, model_args
 
-from mmrerank.score_step import sigmoid
+from mmrerank.serving.reranker_step import sigmoid
 
 
 def texts(*items) -> np.ndarray:
@@ -38,8 +38,8 @@ def test_tokenizer_answers_each_request_on_its_own(tokenizer_model, pair_tokeniz
     good, bad_layer, bad_text = tokenizer_model.execute(requests)
     expected = pair_tokenizer.encode("river", ["water", "a long river"], 64)
     assert good.error is None
-    np.testing.assert_array_equal(good.output("_input_ids"), expected.input_ids)
-    assert good.output("_lengths").shape == (2, 1)
+    np.testing.assert_array_equal(good.output("_input_ids"), expected.input_ids.reshape(1, -1))
+    np.testing.assert_array_equal(good.output("_lengths"), expected.lengths.reshape(1, -1))
     assert good.output("num_tokens").tolist() == expected.lengths.tolist()
     assert bad_layer.error.code() == "INVALID_ARG" and "one of [1, 2, 4, 6]" in bad_layer.error.message()
     assert bad_text.error.code() == "INVALID_ARG" and "document 0 is not valid UTF-8" in bad_text.error.message()
@@ -53,10 +53,11 @@ def test_reranker_scores_valid_requests_together_and_refuses_the_rest(reranker_m
     first = pair_tokenizer.encode("river", ["water", "the river flows into the sea"], 512)
     second = pair_tokenizer.encode("city", ["a city of bridges"], 512)
     bad_ids = first.input_ids.copy()
-    bad_ids[0, 1] = 999_999
+    bad_ids[1] = 999_999
 
     def request(encoded, parameters, ids=None, cancelled=False):
-        tensors = {"_input_ids": encoded.input_ids if ids is None else ids, "_lengths": encoded.lengths}
+        ids = encoded.input_ids if ids is None else ids
+        tensors = {"_input_ids": ids.reshape(1, -1), "_lengths": encoded.lengths.reshape(1, -1)}
         return FakeRequest(tensors, parameters, cancelled)
 
     responses = reranker_model.execute(
@@ -69,10 +70,10 @@ def test_reranker_scores_valid_requests_together_and_refuses_the_rest(reranker_m
     )
     assert len(responses) == 4
     expected_first = sigmoid(reranker.logits(first.input_ids, first.lengths, 2, [16, 16]))
-    np.testing.assert_allclose(responses[0].output("scores"), expected_first, rtol=1e-5)
+    np.testing.assert_allclose(responses[0].output("scores"), expected_first.reshape(1, -1), rtol=1e-5)
     assert responses[1].error.code() == "INVALID_ARG" and "token ids must lie between" in responses[1].error.message()
     expected_second = reranker.logits(second.input_ids, second.lengths, 6, [128])
-    np.testing.assert_allclose(responses[2].output("scores"), expected_second, rtol=1e-5)
+    np.testing.assert_allclose(responses[2].output("scores"), expected_second.reshape(1, -1), rtol=1e-5)
     assert responses[3].error.code() == "CANCELLED"
     pairs = {key[1]: value for key, value in MetricFamily.values.items() if key[0] == "mmrerank_pairs_scored_total"}
     assert pairs == {(("dim", "16"), ("layer", "2")): 2.0, (("dim", "128"), ("layer", "6")): 1.0}
@@ -86,7 +87,7 @@ def test_a_scoring_failure_answers_every_request_with_an_error(reranker_model, p
 
     monkeypatch.setattr(reranker_model.step, "score", explode)
     responses = reranker_model.execute(
-        [FakeRequest({"_input_ids": encoded.input_ids, "_lengths": encoded.lengths}) for _ in range(3)]
+        [FakeRequest({"_input_ids": encoded.input_ids[None], "_lengths": encoded.lengths[None]}) for _ in range(3)]
     )
     assert [r.error.code() for r in responses] == ["INTERNAL"] * 3
     assert all("device lost" not in r.error.message() for r in responses)
@@ -96,3 +97,32 @@ def test_a_missing_checkpoint_setting_fails_loudly(pb_utils, monkeypatch):
     monkeypatch.delenv("MMRERANK_CHECKPOINT", raising=False)
     with pytest.raises(ValueError, match="no checkpoint given"):
         load_adapter("tokenizer").initialize(model_args("tokenizer"))
+
+
+def test_a_failing_metrics_backend_does_not_turn_answers_into_errors(reranker_model, pair_tokenizer, monkeypatch):
+    encoded = pair_tokenizer.encode("river", ["water", "sea"], 512)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("metrics endpoint gone")
+
+    monkeypatch.setattr(reranker_model.metrics, "add", broken)
+    (response,) = reranker_model.execute(
+        [FakeRequest({"_input_ids": encoded.input_ids[None], "_lengths": encoded.lengths[None]})]
+    )
+    assert response.error is None and response.output("scores").shape == (1, 2)
+
+
+@pytest.mark.parametrize(
+    ("ids", "lengths", "parameters", "message"),
+    [
+        ([2, 5, 1, 2, 6], [3, 3], {}, "must add up to the 5 ids"),
+        ([2, 5, 1, 7, 1], [5], {"max_length": 4}, "between 1 and max_length=4 tokens, got 5 to 5"),
+        ([2, 5, 1], [0, 3], {}, "between 1 and max_length=32768 tokens, got 0 to 3"),
+    ],
+)
+def test_the_reranker_checks_lengths_itself(reranker_model, ids, lengths, parameters, message):
+    request = FakeRequest(
+        {"_input_ids": np.array([ids], dtype=np.int32), "_lengths": np.array([lengths], dtype=np.int32)}, parameters
+    )
+    (response,) = reranker_model.execute([request])
+    assert response.error.code() == "INVALID_ARG" and message in response.error.message()

@@ -8,7 +8,7 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from mmrerank.requests import PARAMETERS
+from mmrerank.serving.contract import PARAMETERS
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 RERANKER_VARIANTS = sorted((REPOSITORY / "reranker" / "configs").glob("*.pbtxt"))

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mmrerank.planner import plan_micro_batches
+from mmrerank.serving.planner import plan_micro_batches
 
 
 def random_workload(seed: int, count: int = 300) -> tuple[list[int], list[int]]:
@@ -44,9 +44,22 @@ def test_sorting_keeps_padding_small():
     assert [sorted(batch.indices) for batch in batches] == [[1, 3, 5], [0, 2, 4]]
 
 
-def test_pair_cap_limits_rows():
-    batches = plan_micro_batches([5] * 10, [3] * 10, max_batch_tokens=10_000, max_batch_pairs=4)
-    assert [len(batch.indices) for batch in batches] == [4, 4, 2]
+@pytest.mark.parametrize("seed", range(5))
+def test_a_real_token_budget_packs_more_pairs_and_stays_under_it(seed):
+    lengths, layers = random_workload(seed)
+    padded = plan_micro_batches(lengths, layers, max_batch_tokens=8192)
+    packed = plan_micro_batches(lengths, layers, max_batch_tokens=8192, count_padding=False)
+    assert sorted(i for batch in packed for i in batch.indices) == list(range(len(lengths)))
+    for batch in packed:
+        assert batch.real_tokens == sum(lengths[i] for i in batch.indices)
+        assert batch.real_tokens <= 8192 or len(batch.indices) == 1
+    assert len(packed) < len(padded)
+
+
+def test_real_tokens_count_without_padding():
+    batches = plan_micro_batches([100, 10, 10, 10], [3] * 4, max_batch_tokens=130, count_padding=False)
+    assert [batch.indices for batch in batches] == [(0, 1, 2, 3)]
+    assert batches[0].real_tokens == 130 and batches[0].padded_tokens == 400
 
 
 def test_mismatched_inputs_are_refused():

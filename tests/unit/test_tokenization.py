@@ -6,32 +6,35 @@ import random
 
 import pytest
 
-from mmrerank.corpus import text
-from mmrerank.tokenization import PairTooLongError, QueryTooLongError
+from mmrerank.dev.corpus import text
+from mmrerank.serving.pair_tokenizer import PairTooLongError, QueryTooLongError
 
 QUERY = "what is the history of the river"
 LONG_DOCUMENT = "the river library holds the history of the city and its water " * 40
 
 
-def test_pairs_follow_the_template(pair_tokenizer):
+def token_ids(pair_tokenizer, text: str) -> list[int]:
+    return pair_tokenizer.tokenizer.encode(text, add_special_tokens=False).ids
+
+
+def test_pairs_follow_the_template_end_to_end_without_padding(pair_tokenizer):
     encoded = pair_tokenizer.encode(QUERY, ["water", "mji maji"], max_length=512)
-    query_ids = pair_tokenizer.token_ids([QUERY])[0]
-    for row, doc in enumerate(["water", "mji maji"]):
-        doc_ids = pair_tokenizer.token_ids([doc])[0]
-        expected = [2, *query_ids, 1, *doc_ids, 1]
-        assert encoded.input_ids[row, : encoded.lengths[row]].tolist() == expected
-    assert encoded.input_ids[0, encoded.lengths[0] :].tolist() == [0] * (encoded.lengths[1] - encoded.lengths[0])
+    query_ids = token_ids(pair_tokenizer, QUERY)
+    expected = [[2, *query_ids, 1, *token_ids(pair_tokenizer, doc), 1] for doc in ["water", "mji maji"]]
+    assert [row.tolist() for row in encoded.rows()] == expected
+    assert encoded.input_ids.tolist() == expected[0] + expected[1]
+    assert encoded.lengths.tolist() == [len(expected[0]), len(expected[1])]
 
 
 def test_truncation_cuts_only_the_document(pair_tokenizer):
-    query_ids = pair_tokenizer.token_ids([QUERY])[0]
+    query_ids = token_ids(pair_tokenizer, QUERY)
     encoded = pair_tokenizer.encode(QUERY, [LONG_DOCUMENT, "water"], max_length=64)
     assert encoded.lengths[0] == 64
     assert encoded.truncated.tolist() == [True, False]
-    row = encoded.input_ids[0].tolist()
+    row = encoded.rows()[0].tolist()
     assert row[: len(query_ids) + 2] == [2, *query_ids, 1]
     assert row[-1] == 1
-    full_doc = pair_tokenizer.token_ids([LONG_DOCUMENT])[0]
+    full_doc = token_ids(pair_tokenizer, LONG_DOCUMENT)
     assert row[len(query_ids) + 2 : -1] == full_doc[: 64 - len(query_ids) - 3]
 
 
@@ -48,7 +51,7 @@ def test_no_truncation_names_the_over_long_document(pair_tokenizer):
 
 
 def test_a_query_with_no_room_for_a_document_is_an_error(pair_tokenizer):
-    query_tokens = len(pair_tokenizer.token_ids([QUERY])[0])
+    query_tokens = len(token_ids(pair_tokenizer, QUERY))
     with pytest.raises(QueryTooLongError, match=f"the query has {query_tokens} tokens"):
         pair_tokenizer.encode(QUERY, ["water"], max_length=query_tokens + 3)
     assert pair_tokenizer.encode(QUERY, ["water"], max_length=query_tokens + 4).lengths.tolist() == [query_tokens + 4]
@@ -56,12 +59,12 @@ def test_a_query_with_no_room_for_a_document_is_an_error(pair_tokenizer):
 
 def test_special_token_text_in_a_document_tokenizes_as_the_reference_does(pair_tokenizer, reference):
     encoded = pair_tokenizer.encode(QUERY, ["<bos> water <eos>"], max_length=512)
-    assert encoded.input_ids[0, : encoded.lengths[0]].tolist() == reference.token_ids(QUERY, "<bos> water <eos>")
+    assert encoded.rows()[0].tolist() == reference.token_ids(QUERY, "<bos> water <eos>")
 
 
 def test_long_documents_are_cut_before_tokenizing_without_changing_the_kept_tokens(pair_tokenizer, monkeypatch):
     document = text(random.Random(4), 60_000)
-    full = pair_tokenizer.token_ids([document])[0]
+    full = token_ids(pair_tokenizer, document)
     seen: list[int] = []
     original = pair_tokenizer.tokenizer.encode_batch
 
@@ -71,10 +74,10 @@ def test_long_documents_are_cut_before_tokenizing_without_changing_the_kept_toke
 
     monkeypatch.setattr(pair_tokenizer.tokenizer, "encode_batch", spy)
     encoded = pair_tokenizer.encode(QUERY, [document], max_length=512)
-    query_tokens = len(pair_tokenizer.token_ids([QUERY])[0])
+    query_tokens = len(token_ids(pair_tokenizer, QUERY))
     room = 512 - query_tokens - 3
     assert max(seen) <= pair_tokenizer.character_budget(room) < len(document)
-    assert encoded.input_ids[0, query_tokens + 2 : -1].tolist() == full[:room]
+    assert encoded.input_ids[query_tokens + 2 : -1].tolist() == full[:room]
     assert encoded.truncated.tolist() == [True]
 
 

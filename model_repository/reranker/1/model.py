@@ -1,4 +1,4 @@
-"""Triton adapter of the scoring step: every pair of every request in one plan, per-request errors."""
+"""Triton adapter of the reranker step: every pair of every request in one plan, per-request errors."""
 
 import json
 import traceback
@@ -6,11 +6,12 @@ import traceback
 import torch
 import triton_python_backend_utils as pb_utils
 
-from mmrerank.metrics import Metrics
+from mmrerank.layout import CheckpointLayout
 from mmrerank.model import MatryoshkaReranker
-from mmrerank.requests import InvalidRequest, parse_parameters
-from mmrerank.score_step import ScoreStep
-from mmrerank.settings import SettingsError, checkpoint_location, integer_setting, model_parameters
+from mmrerank.serving.contract import InvalidRequestError, parse_parameters
+from mmrerank.serving.metrics import Metrics
+from mmrerank.serving.reranker_step import RerankerStep
+from mmrerank.serving.settings import SettingsError, checkpoint_location, integer_setting, model_parameters
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -35,17 +36,17 @@ class TritonPythonModel:
     def initialize(self, args):
         settings = model_parameters(json.loads(args["model_config"]))
         reranker = MatryoshkaReranker.from_pretrained(
-            checkpoint_location(settings),
+            CheckpointLayout.open(checkpoint_location(settings)),
             device=_device(args),
             dtype=_dtype(settings.get("dtype", "auto")),
             attention=settings.get("attention", "auto") or "auto",
         )
-        self.step = ScoreStep(reranker, max_batch_tokens=integer_setting(settings, "max_batch_tokens"))
+        self.step = RerankerStep(reranker, max_batch_tokens=integer_setting(settings, "max_batch_tokens"))
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)
         self.logger.log_info(
-            f"reranker ready on {reranker.device} ({reranker.dtype}, {reranker.attention} attention); exits: layers "
-            f"{list(reranker.spec.layer_indices)} x widths {list(reranker.spec.dim_indices)}"
+            f"reranker ready on {reranker.device} ({reranker.dtype}, {reranker.kernel.name} attention); exits: "
+            f"layers {list(reranker.spec.layer_indices)} x widths {list(reranker.spec.dim_indices)}"
         )
 
     def execute(self, requests):
@@ -65,29 +66,37 @@ class TritonPythonModel:
                     )
                 )
                 accepted.append(position)
-            except InvalidRequest as error:
+            except InvalidRequestError as error:
                 self.metrics.add("mmrerank_requests_rejected_total", 1, step="reranker", reason=error.reason)
                 responses[position] = _error(str(error), pb_utils.TritonError.INVALID_ARG)
-        if prepared:
-            try:
-                scores, result = self.step.score(prepared)
-                for position, values in zip(accepted, scores, strict=True):
-                    responses[position] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("scores", values)])
-                self._record(prepared, result)
-            except Exception:  # noqa: BLE001 - answer every request rather than fail the batch
-                self.logger.log_error(f"scoring failed:\n{traceback.format_exc()}")
-                for position in accepted:
-                    responses[position] = _error("internal error while scoring", pb_utils.TritonError.INTERNAL)
+        if not prepared:
+            return responses
+        try:
+            scored = self.step.score(prepared)
+        except Exception:  # noqa: BLE001 - answer every request rather than fail the batch
+            self.logger.log_error(f"scoring failed:\n{traceback.format_exc()}")
+            for position in accepted:
+                responses[position] = _error("internal error while scoring", pb_utils.TritonError.INTERNAL)
+            return responses
+        for position, values in zip(accepted, scored.scores, strict=True):
+            responses[position] = pb_utils.InferenceResponse(
+                output_tensors=[pb_utils.Tensor("scores", values.reshape(1, -1))]
+            )
+        self._record(prepared, scored)
         return responses
 
-    def _record(self, prepared, result):
-        for request in prepared:
-            exit_labels = {"layer": request.options.layer, "dim": request.options.dim}
-            self.metrics.add("mmrerank_pairs_scored_total", len(request.rows), **exit_labels)
-            self.metrics.add("mmrerank_tokens_scored_total", sum(len(row) for row in request.rows), **exit_labels)
-        self.metrics.add("mmrerank_tokens_processed_total", result.padded_tokens)
-        for batch in result.batches:
-            self.metrics.add("mmrerank_micro_batches_total", 1, layer=batch.layer)
+    def _record(self, prepared, scored):
+        """Metrics after the answers are built: a failing metrics call must not turn them into errors."""
+        try:
+            for request in prepared:
+                exit_labels = {"layer": request.options.layer, "dim": request.options.dim}
+                self.metrics.add("mmrerank_pairs_scored_total", len(request.rows), **exit_labels)
+                self.metrics.add("mmrerank_tokens_scored_total", sum(len(row) for row in request.rows), **exit_labels)
+            self.metrics.add("mmrerank_tokens_processed_total", scored.tokens_processed)
+            for batch in scored.batches:
+                self.metrics.add("mmrerank_micro_batches_total", 1, layer=batch.layer)
+        except Exception:  # noqa: BLE001 - metrics are best effort
+            self.logger.log_error(f"recording metrics failed:\n{traceback.format_exc()}")
 
 
 def _error(message, code):

@@ -1,15 +1,15 @@
-"""Triton adapter of the tokenizer step: `query` + `documents` -> token tensors, per-request errors."""
+"""Triton adapter of the tokenizer step: `query` + `documents` -> ragged token tensors, per-request errors."""
 
 import json
 import traceback
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from mmrerank.metrics import Metrics
-from mmrerank.requests import InvalidRequest, parse_parameters
-from mmrerank.settings import checkpoint_location, integer_setting, model_parameters
-from mmrerank.tokenize_step import TokenizeStep
+from mmrerank.layout import CheckpointLayout
+from mmrerank.serving.contract import InvalidRequestError, parse_parameters
+from mmrerank.serving.metrics import Metrics
+from mmrerank.serving.settings import checkpoint_location, integer_setting, model_parameters
+from mmrerank.serving.tokenizer_step import TokenizerStep
 
 
 class TritonPythonModel:
@@ -17,8 +17,8 @@ class TritonPythonModel:
 
     def initialize(self, args):
         settings = model_parameters(json.loads(args["model_config"]))
-        self.step = TokenizeStep(
-            checkpoint_location(settings),
+        self.step = TokenizerStep(
+            CheckpointLayout.open(checkpoint_location(settings)),
             max_documents=integer_setting(settings, "max_documents"),
             max_tokens_per_pair=integer_setting(settings, "max_tokens_per_pair"),
             max_text_bytes=integer_setting(settings, "max_text_bytes"),
@@ -36,7 +36,7 @@ class TritonPythonModel:
                 pb_utils.get_input_tensor_by_name(request, "documents").as_numpy(),
                 parse_parameters(request.parameters()),
             )
-        except InvalidRequest as error:
+        except InvalidRequestError as error:
             self.metrics.add("mmrerank_requests_rejected_total", 1, step="tokenizer", reason=error.reason)
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
         except Exception:  # noqa: BLE001 - one request's failure must not fail the batch
@@ -45,11 +45,12 @@ class TritonPythonModel:
                 error=pb_utils.TritonError("internal error while tokenizing", pb_utils.TritonError.INTERNAL)
             )
         self.metrics.add("mmrerank_documents_truncated_total", int(encoded.truncated.sum()))
+        # One batch row per request: all pairs' ids end to end, and the length of each pair.
         return pb_utils.InferenceResponse(
             output_tensors=[
-                pb_utils.Tensor("_input_ids", encoded.input_ids),
-                pb_utils.Tensor("_lengths", encoded.lengths.reshape(-1, 1)),
+                pb_utils.Tensor("_input_ids", encoded.input_ids.reshape(1, -1)),
+                pb_utils.Tensor("_lengths", encoded.lengths.reshape(1, -1)),
                 pb_utils.Tensor("num_tokens", encoded.lengths),
-                pb_utils.Tensor("truncated", encoded.truncated.astype(np.bool_)),
+                pb_utils.Tensor("truncated", encoded.truncated),
             ]
         )

@@ -1,4 +1,9 @@
-"""Pair encoding `<bos> query <eos> document <eos>` that truncates the document, never the query."""
+"""Pair encoding that follows the checkpoint's own template and cuts the document, never the query.
+
+transformers builds a pair from the `post_processor` in `tokenizer.json` (mmBERT's is
+`<bos> query <eos> document <eos>`, RoBERTa's `<s> query </s></s> document </s>`); so does this,
+after cutting the document so that the whole pair fits the token limit.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,6 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-# <bos>, <eos> after the query, <eos> after the document.
-SPECIAL_TOKENS_PER_PAIR = 3
 # Tokens kept beyond the cut when a document is pre-cut (see PairTokenizer.character_budget).
 PRE_CUT_MARGIN_TOKENS = 64
 
@@ -33,31 +36,36 @@ class PairTooLongError(ValueError):
 
 @dataclass(frozen=True)
 class EncodedPairs:
-    """Token ids of each (query, document) pair, right-padded, with per-pair facts."""
+    """Token ids of every (query, document) pair of a request, concatenated without padding."""
 
-    input_ids: np.ndarray  # int32 [pairs, longest pair], padded with the pad id
+    input_ids: np.ndarray  # int32 [total tokens]: pair 0, then pair 1, ...
     lengths: np.ndarray  # int32 [pairs]: tokens per pair, special tokens included
     truncated: np.ndarray  # bool [pairs]: whether the document was cut
+
+    def rows(self) -> list[np.ndarray]:
+        """Each pair's ids as its own array (views into `input_ids`)."""
+        return np.split(self.input_ids, np.cumsum(self.lengths)[:-1]) if self.lengths.size else []
 
 
 class PairTokenizer:
     """Encodes one query against many documents under a per-pair token cap."""
 
-    def __init__(self, tokenizer: Tokenizer, bos_id: int, eos_id: int, pad_id: int) -> None:
+    def __init__(self, tokenizer: Tokenizer) -> None:
         self.tokenizer = tokenizer
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        self.bos_id, self.eos_id, self.pad_id = bos_id, eos_id, pad_id
+        self.special_tokens_per_pair = tokenizer.num_special_tokens_to_add(is_pair=True)
         self.longest_token_chars = max(len(token) for token in tokenizer.get_vocab())
 
     @classmethod
-    def from_file(cls, path: str | Path, bos_id: int, eos_id: int, pad_id: int) -> PairTokenizer:
-        """Load a `tokenizer.json`."""
-        return cls(Tokenizer.from_file(str(path)), bos_id, eos_id, pad_id)
+    def from_file(cls, path: str | Path) -> PairTokenizer:
+        """Load a `tokenizer.json` (vocabulary, normalizer and pair template)."""
+        return cls(Tokenizer.from_file(str(path)))
 
-    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """Ids of each text without special tokens."""
-        return [encoding.ids for encoding in self.tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    @property
+    def min_max_length(self) -> int:
+        """The smallest token limit that leaves room for one document token (and an empty query)."""
+        return self.special_tokens_per_pair + 1
 
     def character_budget(self, tokens: int) -> int:
         """Characters that surely hold more than `tokens` tokens (no token is longer than the longest vocab entry).
@@ -74,26 +82,24 @@ class PairTokenizer:
         Raises QueryTooLongError when not even one document token fits, and PairTooLongError
         (naming the document's index) for an over-long pair when `truncate` is False.
         """
-        query_ids = self.token_ids([query[: self.character_budget(max_length)]])[0]
-        room = max_length - len(query_ids) - SPECIAL_TOKENS_PER_PAIR
+        query_encoding = self.tokenizer.encode(query[: self.character_budget(max_length)], add_special_tokens=False)
+        room = max_length - len(query_encoding.ids) - self.special_tokens_per_pair
         if room < 1:
             raise QueryTooLongError(
-                f"the query has {len(query_ids)} tokens, which leaves no room for a document "
+                f"the query has {len(query_encoding.ids)} tokens, which leaves no room for a document "
                 f"within max_length={max_length}"
             )
         budget = self.character_budget(room)
-        document_ids = self.token_ids([document[:budget] for document in documents])
-        if not truncate:
-            for index, ids in enumerate(document_ids):
-                if len(ids) > room:
-                    pair_tokens = len(ids) + len(query_ids) + SPECIAL_TOKENS_PER_PAIR
-                    raise PairTooLongError(index, pair_tokens, max_length, at_least=len(documents[index]) > budget)
-        head = [self.bos_id, *query_ids, self.eos_id]
-        kept = [min(len(ids), room) for ids in document_ids]
-        lengths = np.array([len(head) + n + 1 for n in kept], dtype=np.int32)
-        input_ids = np.full((len(documents), int(lengths.max(initial=0))), self.pad_id, dtype=np.int32)
-        for row, (ids, n) in enumerate(zip(document_ids, kept, strict=True)):
-            pair = head + ids[:n] + [self.eos_id]
-            input_ids[row, : len(pair)] = pair
-        truncated = np.array([len(ids) > n for ids, n in zip(document_ids, kept, strict=True)], dtype=bool)
+        encodings = self.tokenizer.encode_batch([document[:budget] for document in documents], add_special_tokens=False)
+        truncated = np.array([len(encoding.ids) > room for encoding in encodings], dtype=bool)
+        if not truncate and truncated.any():
+            index = int(np.flatnonzero(truncated)[0])
+            pair_tokens = len(encodings[index].ids) + len(query_encoding.ids) + self.special_tokens_per_pair
+            raise PairTooLongError(index, pair_tokens, max_length, at_least=len(documents[index]) > budget)
+        pairs = []
+        for encoding in encodings:
+            encoding.truncate(room)
+            pairs.append(self.tokenizer.post_process(query_encoding, encoding, add_special_tokens=True).ids)
+        lengths = np.array([len(ids) for ids in pairs], dtype=np.int32)
+        input_ids = np.fromiter((i for ids in pairs for i in ids), dtype=np.int32, count=int(lengths.sum()))
         return EncodedPairs(input_ids=input_ids, lengths=lengths, truncated=truncated)

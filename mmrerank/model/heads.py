@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mmrerank.checkpoint import MatryoshkaSpec
+from mmrerank.layout import MatryoshkaSpec
 
 
 def make_head(dim: int) -> nn.Sequential:

@@ -1,4 +1,9 @@
-"""Read and validate a checkpoint in the published on-disk layout (see CHECKPOINT.md)."""
+"""The checkpoint's on-disk layout without torch: file names, configs, exits, and the one reader of a directory.
+
+Every process reads a checkpoint through `CheckpointLayout.open`: the launcher to check it, the
+tokenizer for `tokenizer.json` and the exits, the reranker before loading weights
+(`mmrerank.model.weights`). docs/checkpoint.md describes the layout.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import torch
-from safetensors.torch import load_file
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -58,6 +60,7 @@ class MatryoshkaSpec:
 
     layer_indices: tuple[int, ...]
     dim_indices: tuple[int, ...]
+    model_name: str = ""  # `model_name_or_path` as the checkpoint records it, when it does
 
     @property
     def default_layer(self) -> int:
@@ -68,22 +71,6 @@ class MatryoshkaSpec:
     def default_dim(self) -> int:
         """The widest head, used when a request names none."""
         return max(self.dim_indices)
-
-
-@dataclass
-class Checkpoint:
-    """Everything read from a checkpoint directory, validated, tensors still on the CPU."""
-
-    path: Path
-    encoder_config: EncoderConfig
-    spec: MatryoshkaSpec
-    encoder_state: dict[str, torch.Tensor]
-    head_state: dict[str, torch.Tensor]
-
-    @property
-    def tokenizer_file(self) -> Path:
-        """Path of the `tokenizer.json` that belongs to this checkpoint."""
-        return self.path / TOKENIZER_FILE
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -114,13 +101,27 @@ def _rope_thetas(config: dict[str, Any]) -> tuple[float, float]:
     return global_theta, local_theta
 
 
+def _refuse_rope_scaling(config: dict[str, Any], path: Path) -> None:
+    """YaRN or any other scaled RoPE makes a different model: refuse it in the 4.x and the 5.x form."""
+    if config.get("rope_scaling"):
+        raise CheckpointError(f"{path}: rope_scaling is set, but this reranker was trained with plain RoPE")
+    rope = config.get("rope_parameters") or {}
+    # transformers 5.x: one entry per layer kind ({"full_attention": {...}, ...}) or a single flat entry.
+    entries = {"rope_parameters": rope} if "rope_type" in rope else rope
+    for kind, entry in entries.items():
+        rope_type = entry.get("rope_type", "default") if isinstance(entry, dict) else "default"
+        if rope_type != "default":
+            raise CheckpointError(
+                f"{path}: {kind} has rope_type {str(rope_type)[:40]!r}, but this reranker was trained with plain RoPE"
+            )
+
+
 def read_encoder_config(path: Path) -> EncoderConfig:
     """Parse a ModernBERT `config.json` into the fields the encoder needs."""
     config = _read_json(path)
     if config.get("model_type") != "modernbert":
         raise CheckpointError(f"{path}: model_type is {config.get('model_type')!r}, expected 'modernbert'")
-    if config.get("rope_scaling"):
-        raise CheckpointError(f"{path}: rope_scaling is set, but this reranker was trained with plain RoPE")
+    _refuse_rope_scaling(config, path)
     global_theta, local_theta = _rope_thetas(config)
     layer_types = config.get("layer_types")
     every_n = int(config.get("global_attn_every_n_layers", 3))
@@ -169,7 +170,28 @@ def read_matryoshka_spec(path: Path, encoder_config: EncoderConfig) -> Matryoshk
     bad_dims = [v for v in lists["dim_indices"] if not 2 <= v <= encoder_config.hidden_size]
     if bad_dims:
         raise CheckpointError(f"{path}: dim_indices {bad_dims} are outside 2..{encoder_config.hidden_size}")
-    return MatryoshkaSpec(layer_indices=lists["layer_indices"], dim_indices=lists["dim_indices"])
+    _check_against_encoder(config, path, encoder_config)
+    name = config.get("model_name_or_path")
+    return MatryoshkaSpec(
+        layer_indices=lists["layer_indices"],
+        dim_indices=lists["dim_indices"],
+        model_name=name if isinstance(name, str) else "",
+    )
+
+
+def _check_against_encoder(config: dict[str, Any], path: Path, encoder_config: EncoderConfig) -> None:
+    """The fields of `matryoshka_config.json` that describe the encoder must agree with `config.json`."""
+    expected: dict[str, object] = {
+        "pooling_strategy": "cls",
+        "has_final_norm": True,
+        "num_layers": encoder_config.num_layers,
+        "hidden_size": encoder_config.hidden_size,
+    }
+    for key, value in expected.items():
+        if key in config and (config[key] != value or type(config[key]) is not type(value)):
+            raise CheckpointError(
+                f"{path}: {key} is {str(config[key])[:40]!r}, but the encoder in {CONFIG_FILE} needs {value!r}"
+            )
 
 
 def expected_encoder_shapes(config: EncoderConfig) -> dict[str, tuple[int, ...]]:
@@ -205,34 +227,6 @@ def expected_head_shapes(spec: MatryoshkaSpec) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]], source: Path) -> None:
-    """Fail with the first missing, unexpected or mis-shaped tensor, named."""
-    missing = sorted(set(expected) - set(tensors))
-    if missing:
-        raise CheckpointError(f"{source} lacks {len(missing)} tensor(s), first {missing[0]!r}")
-    unexpected = sorted(set(tensors) - set(expected))
-    if unexpected:
-        raise CheckpointError(f"{source} holds unexpected tensor(s), first {unexpected[0]!r}")
-    for name, shape in expected.items():
-        if tuple(tensors[name].shape) != shape:
-            raise CheckpointError(f"{source}: tensor {name!r} has shape {tuple(tensors[name].shape)}, expected {shape}")
-
-
-def _load_heads(directory: Path) -> tuple[dict[str, torch.Tensor], Path]:
-    for name in HEAD_FILES:
-        path = directory / name
-        if path.is_file():
-            if path.suffix == ".safetensors":
-                state = load_file(str(path))
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict):
-                raise CheckpointError(f"{path} must hold a state dict")
-            # Some exports keep the training module's prefix; the published layout has none.
-            return {key.removeprefix("layer_heads."): value for key, value in state.items()}, path
-    raise CheckpointError(f"{directory} has no classification heads ({' or '.join(HEAD_FILES)})")
-
-
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike[str]) -> Path:
     """A local directory as is; otherwise a hub id fetched through `huggingface_hub`."""
     path = Path(name_or_path).expanduser()
@@ -254,16 +248,37 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike[str]) -> Path:
         ) from error
 
 
-def load_checkpoint(name_or_path: str | os.PathLike[str]) -> Checkpoint:
-    """Read a checkpoint directory (or hub id) and validate every file, key and shape."""
-    directory = resolve_checkpoint_dir(name_or_path)
-    for name in REQUIRED_FILES:
-        if not (directory / name).is_file():
-            raise CheckpointError(f"{directory} lacks {name}")
-    encoder_config = read_encoder_config(directory / CONFIG_FILE)
-    spec = read_matryoshka_spec(directory / MATRYOSHKA_FILE, encoder_config)
-    encoder_state = load_file(str(directory / WEIGHTS_FILE))
-    check_shapes(encoder_state, expected_encoder_shapes(encoder_config), directory / WEIGHTS_FILE)
-    head_state, head_path = _load_heads(directory)
-    check_shapes(head_state, expected_head_shapes(spec), head_path)
-    return Checkpoint(directory, encoder_config, spec, encoder_state, head_state)
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """A checkpoint directory, checked for every file of the published layout, with its configs read."""
+
+    directory: Path
+    encoder_config: EncoderConfig
+    spec: MatryoshkaSpec
+    heads_file: Path
+
+    @property
+    def weights_file(self) -> Path:
+        """The encoder's `model.safetensors`."""
+        return self.directory / WEIGHTS_FILE
+
+    @property
+    def tokenizer_file(self) -> Path:
+        """The checkpoint's own `tokenizer.json` (vocabulary and pair template)."""
+        return self.directory / TOKENIZER_FILE
+
+    @classmethod
+    def open(cls, name_or_path: str | os.PathLike[str]) -> CheckpointLayout:
+        """Resolve a directory or hub id, require every file, and read `config.json` and `matryoshka_config.json`."""
+        directory = resolve_checkpoint_dir(name_or_path).resolve()
+        missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
+        heads = [directory / name for name in HEAD_FILES if (directory / name).is_file()]
+        if not heads:
+            missing.append(" or ".join(HEAD_FILES))
+        if missing:
+            raise CheckpointError(
+                f"{directory} is not a checkpoint in the published layout: it lacks {', '.join(missing)}"
+            )
+        encoder_config = read_encoder_config(directory / CONFIG_FILE)
+        spec = read_matryoshka_spec(directory / MATRYOSHKA_FILE, encoder_config)
+        return cls(directory, encoder_config, spec, heads[0])

@@ -9,8 +9,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from mmrerank.launcher import REPO_ROOT
-from mmrerank.supervisor import LaunchError, wait_until_ready
+from mmrerank.launch.launcher import REPO_ROOT
+from mmrerank.launch.supervisor import LaunchError, wait_until_ready
 
 
 def free_ports(count: int) -> list[int]:

@@ -17,21 +17,23 @@ class MicroBatch:
 
     layer: int
     indices: tuple[int, ...]
-    padded_length: int
+    padded_length: int  # the longest pair's length
+    real_tokens: int  # tokens of all its pairs, no padding
 
     @property
     def padded_tokens(self) -> int:
-        """Tokens the encoder processes for this batch, padding included."""
+        """Tokens the batch holds when padded to its longest pair."""
         return self.padded_length * len(self.indices)
 
 
 def plan_micro_batches(
-    lengths: Sequence[int], layers: Sequence[int], max_batch_tokens: int, max_batch_pairs: int | None = None
+    lengths: Sequence[int], layers: Sequence[int], max_batch_tokens: int, count_padding: bool = True
 ) -> list[MicroBatch]:
-    """Split pairs into micro-batches of one exit layer whose padded size stays under the budget.
+    """Split pairs into micro-batches of one exit layer that stay under a token budget.
 
-    Within a layer, pairs are sorted longest first, so each batch pads to its first pair's
-    length. A single pair longer than the budget still runs, alone. Deeper layers come first.
+    Within a layer, pairs are sorted longest first, so each batch's first pair is its longest.
+    The budget counts padded tokens (rows x longest) for kernels that pad, else real tokens.
+    A single pair longer than the budget still runs, alone. Deeper layers come first.
     """
     if len(lengths) != len(layers):
         raise ValueError("lengths and layers must have one entry per pair")
@@ -45,11 +47,10 @@ def plan_micro_batches(
         order = members[np.argsort(-lengths_array[members], kind="stable")]
         start = 0
         while start < len(order):
-            padded_length = int(lengths_array[order[start]])
-            fit = max(1, max_batch_tokens // max(padded_length, 1))
-            if max_batch_pairs is not None:
-                fit = min(fit, max_batch_pairs)
+            sizes = lengths_array[order[start:]]
+            cost = np.arange(1, len(sizes) + 1) * sizes[0] if count_padding else np.cumsum(sizes)
+            fit = max(1, int(np.searchsorted(cost, max_batch_tokens, side="right")))
             chosen = order[start : start + fit]
-            batches.append(MicroBatch(int(layer), tuple(int(i) for i in chosen), padded_length))
+            batches.append(MicroBatch(int(layer), tuple(int(i) for i in chosen), int(sizes[0]), int(sizes[:fit].sum())))
             start += len(chosen)
     return batches

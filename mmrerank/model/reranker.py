@@ -1,4 +1,4 @@
-"""The 2D-Matryoshka reranker: encoder plus heads, on a chosen device and dtype."""
+"""The 2D-Matryoshka reranker: encoder plus heads, on a chosen device, dtype and attention kernel."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mmrerank.checkpoint import Checkpoint, MatryoshkaSpec, load_checkpoint
-from mmrerank.encoder import Encoder
-from mmrerank.heads import MatryoshkaHeads
-from mmrerank.varlen import resolve_backend
+from mmrerank.layout import CheckpointLayout, EncoderConfig, MatryoshkaSpec
+from mmrerank.model.encoder import Encoder
+from mmrerank.model.heads import MatryoshkaHeads
+from mmrerank.model.kernels import AttentionKernel, PackedRows, choose_kernel
+from mmrerank.model.weights import Checkpoint, load_checkpoint
 
 
 def default_device() -> torch.device:
@@ -25,18 +26,17 @@ def default_dtype(device: torch.device) -> torch.dtype:
 
 
 class MatryoshkaReranker:
-    """Scores padded batches of token ids at any (exit layer, head width) of the checkpoint."""
+    """Scores token-id rows at any (exit layer, head width) of the checkpoint."""
 
     def __init__(
         self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype, attention: str = "auto"
     ) -> None:
         self.spec: MatryoshkaSpec = checkpoint.spec
-        self.config = checkpoint.encoder_config
+        self.config: EncoderConfig = checkpoint.encoder_config
         self.device = device
         self.dtype = dtype
-        # sdpa: padded batches; varlen: packed sequences, each through SDPA; flash: packed, FlashAttention-2.
-        self.attention = resolve_backend(attention, device, dtype)
-        self.encoder = Encoder(self.config)
+        self.kernel: AttentionKernel = choose_kernel(attention, device, dtype)
+        self.encoder = Encoder(self.config, self.kernel)
         self.encoder.load_state_dict(checkpoint.encoder_state, strict=True)
         self.encoder.to(device=device, dtype=dtype).eval()
         self.heads = MatryoshkaHeads(self.spec)
@@ -46,33 +46,33 @@ class MatryoshkaReranker:
     @classmethod
     def from_pretrained(
         cls,
-        name_or_path: str | os.PathLike[str],
+        name_or_path: str | os.PathLike[str] | CheckpointLayout,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
         attention: str = "auto",
     ) -> MatryoshkaReranker:
         """Load a checkpoint directory (or hub id); bf16 on GPU and fp32 on CPU unless told otherwise.
 
-        `attention` is auto (FlashAttention-2 where it runs, else SDPA), sdpa, varlen or flash.
+        `attention` is auto (FlashAttention-2 where it runs, else padded), or a name in `KERNELS`.
         """
         resolved = torch.device(device) if device is not None else default_device()
         return cls(load_checkpoint(name_or_path), resolved, dtype or default_dtype(resolved), attention)
 
     @torch.inference_mode()
-    def logits(self, input_ids: np.ndarray, lengths: np.ndarray, layer: int, dims: Sequence[int]) -> np.ndarray:
-        """Raw fp32 logits for right-padded ids [batch, length], all rows exiting at `layer`.
+    def logits(self, input_ids: np.ndarray, lengths: Sequence[int], layer: int, dims: Sequence[int]) -> np.ndarray:
+        """Raw fp32 logits for rows packed end to end in the 1-D `input_ids`, all exiting at `layer`.
 
-        `dims[i]` is the head width of row i. Only encoder layers 1..layer run.
+        `lengths[i]` is the length of row i and `dims[i]` its head width. Only encoder layers
+        1..layer run. The ids reach the device in one copy.
         """
         if layer not in self.spec.layer_indices:
             raise ValueError(f"layer {layer} is not one of {list(self.spec.layer_indices)}")
-        ids = torch.as_tensor(input_ids, dtype=torch.long, device=self.device)
-        lens = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
-        if self.attention == "sdpa":
-            cls = self.encoder.cls_states(ids, lens, layer)
-        else:
-            packed = ids[torch.arange(ids.shape[1], device=self.device)[None, :] < lens[:, None]]
-            cls = self.encoder.cls_states_packed(packed, lens, layer, use_flash=self.attention == "flash")
+        host_lengths = tuple(int(n) for n in lengths)
+        if sum(host_lengths) != np.size(input_ids) or min(host_lengths, default=0) < 1:
+            raise ValueError("lengths must be positive and add up to the number of token ids")
+        ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64)).to(self.device, non_blocking=True)
+        lens = torch.as_tensor(host_lengths, dtype=torch.long).to(self.device, non_blocking=True)
+        cls = self.encoder.cls_states(ids, PackedRows.from_lengths(lens, host_lengths), layer)
         dims_array = np.asarray(dims)
         out = np.empty(len(dims_array), dtype=np.float32)
         for dim in np.unique(dims_array):

@@ -1,6 +1,6 @@
 """Validation of what a client sends: request parameters, document lists, UTF-8 text.
 
-Every failure is an `InvalidRequest` whose message says what was wrong and what is allowed;
+Every failure is an `InvalidRequestError` whose message says what was wrong and what is allowed;
 the Triton models turn it into an INVALID_ARG response for that request alone.
 """
 
@@ -12,14 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mmrerank.checkpoint import MatryoshkaSpec
-from mmrerank.tokenization import SPECIAL_TOKENS_PER_PAIR
+from mmrerank.layout import MatryoshkaSpec
 
 PARAMETERS = ("layer", "dim", "normalize", "max_length", "truncate")
-MIN_MAX_LENGTH = SPECIAL_TOKENS_PER_PAIR + 1
 
 
-class InvalidRequest(ValueError):
+class InvalidRequestError(ValueError):
     """The client sent something this service cannot score; the message is safe to return.
 
     `reason` is a short category for metrics: unknown_parameter, parameter_type, parameter_value,
@@ -47,16 +45,16 @@ def parse_parameters(text: str) -> dict[str, object]:
     try:
         parameters = json.loads(text or "{}")
     except json.JSONDecodeError as error:
-        raise InvalidRequest("request parameters are not valid JSON", "bad_parameters") from error
+        raise InvalidRequestError("request parameters are not valid JSON", "bad_parameters") from error
     if not isinstance(parameters, dict):
-        raise InvalidRequest("request parameters must be an object", "bad_parameters")
+        raise InvalidRequestError("request parameters must be an object", "bad_parameters")
     return parameters
 
 
 def _integer(parameters: Mapping[str, object], name: str, default: int) -> int:
     value = parameters.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidRequest(
+        raise InvalidRequestError(
             f"parameter '{name}' must be an integer, got {type(value).__name__} {value!r}", "parameter_type"
         )
     return value
@@ -65,32 +63,36 @@ def _integer(parameters: Mapping[str, object], name: str, default: int) -> int:
 def _boolean(parameters: Mapping[str, object], name: str, default: bool) -> bool:
     value = parameters.get(name, default)
     if not isinstance(value, bool):
-        raise InvalidRequest(
+        raise InvalidRequestError(
             f"parameter '{name}' must be a boolean (true or false), got {type(value).__name__} {value!r}",
             "parameter_type",
         )
     return value
 
 
-def parse_options(parameters: Mapping[str, object], spec: MatryoshkaSpec, max_length_cap: int) -> RerankOptions:
+def parse_options(
+    parameters: Mapping[str, object], spec: MatryoshkaSpec, max_length_cap: int, min_max_length: int = 1
+) -> RerankOptions:
     """Check every parameter's name, type and value; fill in defaults."""
     unknown = sorted(set(parameters) - set(PARAMETERS))
     if unknown:
-        raise InvalidRequest(
+        raise InvalidRequestError(
             f"unknown parameter '{unknown[0]}'; allowed parameters: {', '.join(PARAMETERS)}", "unknown_parameter"
         )
     layer = _integer(parameters, "layer", spec.default_layer)
     if layer not in spec.layer_indices:
-        raise InvalidRequest(
+        raise InvalidRequestError(
             f"parameter 'layer' must be one of {list(spec.layer_indices)}, got {layer}", "parameter_value"
         )
     dim = _integer(parameters, "dim", spec.default_dim)
     if dim not in spec.dim_indices:
-        raise InvalidRequest(f"parameter 'dim' must be one of {list(spec.dim_indices)}, got {dim}", "parameter_value")
+        raise InvalidRequestError(
+            f"parameter 'dim' must be one of {list(spec.dim_indices)}, got {dim}", "parameter_value"
+        )
     max_length = _integer(parameters, "max_length", max_length_cap)
-    if not MIN_MAX_LENGTH <= max_length <= max_length_cap:
-        raise InvalidRequest(
-            f"parameter 'max_length' must be between {MIN_MAX_LENGTH} and {max_length_cap}, got {max_length}",
+    if not min_max_length <= max_length <= max_length_cap:
+        raise InvalidRequestError(
+            f"parameter 'max_length' must be between {min_max_length} and {max_length_cap}, got {max_length}",
             "parameter_value",
         )
     return RerankOptions(
@@ -109,19 +111,21 @@ def decode_texts(values: np.ndarray, what: str, max_bytes: int) -> list[str]:
         raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
         label = what if values.size == 1 and what == "query" else f"{what} {index}"
         if len(raw) > max_bytes:
-            raise InvalidRequest(f"{label} has {len(raw)} bytes; at most {max_bytes} are allowed", "text_size")
+            raise InvalidRequestError(f"{label} has {len(raw)} bytes; at most {max_bytes} are allowed", "text_size")
         try:
             texts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as error:
-            raise InvalidRequest(f"{label} is not valid UTF-8 (byte {error.start})", "not_utf8") from error
+            raise InvalidRequestError(f"{label} is not valid UTF-8 (byte {error.start})", "not_utf8") from error
     return texts
 
 
 def check_document_count(count: int, max_documents: int) -> None:
     """A request carries between 1 and `max_documents` documents."""
     if count == 0:
-        raise InvalidRequest(f"'documents' is empty; send between 1 and {max_documents} documents", "document_count")
+        raise InvalidRequestError(
+            f"'documents' is empty; send between 1 and {max_documents} documents", "document_count"
+        )
     if count > max_documents:
-        raise InvalidRequest(
+        raise InvalidRequestError(
             f"'documents' holds {count} documents; at most {max_documents} are allowed per request", "document_count"
         )

@@ -18,13 +18,13 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from mmrerank.checkpoint import (
+from mmrerank.dev.corpus import training_corpus
+from mmrerank.layout import (
     EncoderConfig,
     MatryoshkaSpec,
     expected_encoder_shapes,
     expected_head_shapes,
 )
-from mmrerank.corpus import training_corpus
 
 LOGGER = logging.getLogger(__name__)
 SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # ids 0, 1, 2, 3, 4
@@ -197,6 +197,7 @@ def build_demo_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int =
             "hidden_size": chosen.encoder.hidden_size,
             "num_layers": chosen.encoder.num_layers,
             "has_final_norm": True,
+            "model_name_or_path": f"demo-{preset}",
         },
     )
     return out

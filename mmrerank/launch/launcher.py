@@ -8,6 +8,7 @@ this interpreter. With no checkpoint it builds and serves the tiny demo checkpoi
 from __future__ import annotations
 
 import argparse
+import glob
 import importlib.util
 import logging
 import os
@@ -19,11 +20,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmrerank.settings import CHECKPOINT_ENV
-from mmrerank.supervisor import LaunchError, Supervisor
+from mmrerank.launch.supervisor import LaunchError, Supervisor
+from mmrerank.layout import CheckpointError, CheckpointLayout
+from mmrerank.serving.settings import CHECKPOINT_ENV
 
 LOGGER = logging.getLogger("mmrerank.serve")
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 DEFAULT_DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "demo-tiny"
 EXIT_TIMEOUT_SECONDS = 30
@@ -50,12 +52,8 @@ class ServerCommand:
 
 
 def gpu_available() -> bool:
-    """Whether PyTorch sees a GPU (CUDA, or ROCm, which PyTorch also calls cuda)."""
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
+    """Whether this host exposes a GPU: an NVIDIA device node, or AMD's compute interface (ROCm)."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or Path("/dev/kfd").exists()
 
 
 def _pytriton_root() -> Path:
@@ -124,22 +122,18 @@ def server_command(args: argparse.Namespace, checkpoint: Path, backend_dir: Path
 
 
 def resolve_checkpoint(requested: str | None) -> Path:
-    """The checkpoint to serve: the one given (directory or hub id) or the tiny demo, built on first use."""
-    if requested:
-        from mmrerank.checkpoint import HEAD_FILES, REQUIRED_FILES, CheckpointError, resolve_checkpoint_dir
+    """The checkpoint to serve, checked and resolved once (a hub id becomes its local snapshot).
 
+    Without one, the tiny demo checkpoint, built on first use. The Triton models then receive a
+    local directory through MMRERANK_CHECKPOINT.
+    """
+    if requested:
         try:
-            directory = resolve_checkpoint_dir(requested).resolve()
+            return CheckpointLayout.open(requested).directory
         except CheckpointError as error:
             raise LaunchError(str(error)) from error
-        missing = [name for name in REQUIRED_FILES if not (directory / name).is_file()]
-        if not any((directory / name).is_file() for name in HEAD_FILES):
-            missing.append(" or ".join(HEAD_FILES))
-        if missing:
-            raise LaunchError(f"{directory} is not a checkpoint in the published layout: it lacks {', '.join(missing)}")
-        return directory
     if not (DEFAULT_DEMO_CHECKPOINT / "model.safetensors").is_file():
-        from mmrerank.demo import build_demo_checkpoint
+        from mmrerank.dev.demo import build_demo_checkpoint
 
         LOGGER.info("building the tiny demo checkpoint (random weights: its scores carry no meaning)")
         build_demo_checkpoint(DEFAULT_DEMO_CHECKPOINT, "tiny")
@@ -158,7 +152,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--device",
         choices=("auto", "cpu", "gpu"),
         default="auto",
-        help="gpu: the GPU config; cpu: reranker/configs/cpu.pbtxt; auto: gpu when PyTorch sees one",
+        help="gpu: the GPU config; cpu: reranker/configs/cpu.pbtxt; auto: gpu when the host exposes one",
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     parser.add_argument("--model-config-name", help="a configs/NAME.pbtxt to use (default: cpu without a GPU)")

@@ -1,0 +1,1 @@
+"""Developer tools: demo checkpoints, a multilingual corpus, a server in the background for tests."""

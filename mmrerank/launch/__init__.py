@@ -1,0 +1,1 @@
+"""Start and supervise tritonserver on this model repository (no torch)."""

@@ -1,0 +1,5 @@
+"""The reranker process's model: weights, encoder with early exit, heads, attention kernels (imports torch)."""
+
+from mmrerank.model.reranker import MatryoshkaReranker
+
+__all__ = ["MatryoshkaReranker"]

@@ -1,0 +1,39 @@
+"""The tokenizer model's step without Triton: validate one request and encode its pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from mmrerank.layout import CheckpointLayout
+from mmrerank.serving.contract import InvalidRequestError, check_document_count, decode_texts, parse_options
+from mmrerank.serving.pair_tokenizer import EncodedPairs, PairTokenizer, PairTooLongError, QueryTooLongError
+
+
+class TokenizerStep:
+    """Validates one request (parameters, documents, UTF-8) and encodes its (query, document) pairs."""
+
+    def __init__(
+        self, layout: CheckpointLayout, max_documents: int, max_tokens_per_pair: int, max_text_bytes: int
+    ) -> None:
+        self.spec = layout.spec
+        self.max_documents = max_documents
+        self.max_text_bytes = max_text_bytes
+        self.max_tokens_per_pair = min(max_tokens_per_pair, layout.encoder_config.max_position_embeddings)
+        self.tokenizer = PairTokenizer.from_file(layout.tokenizer_file)
+
+    def run(self, query: np.ndarray, documents: np.ndarray, parameters: Mapping[str, object]) -> EncodedPairs:
+        """Encode one request, or raise InvalidRequestError saying what is wrong with it."""
+        options = parse_options(parameters, self.spec, self.max_tokens_per_pair, self.tokenizer.min_max_length)
+        if query.size != 1:
+            raise InvalidRequestError(f"'query' must hold exactly one text, got {query.size}", "bad_tensor")
+        check_document_count(documents.size, self.max_documents)
+        query_text = decode_texts(query, "query", self.max_text_bytes)[0]
+        document_texts = decode_texts(documents, "document", self.max_text_bytes)
+        try:
+            return self.tokenizer.encode(query_text, document_texts, options.max_length, options.truncate)
+        except QueryTooLongError as error:
+            raise InvalidRequestError(str(error), "query_too_long") from error
+        except PairTooLongError as error:
+            raise InvalidRequestError(str(error), "pair_too_long") from error
