@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +19,19 @@ from mmrerank.launch.supervisor import LaunchError  # noqa: E402
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight checkpoint in the published layout (6 layers, hidden 128, 20 exits)."""
     return build_demo_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint"), "tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def roberta_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny checkpoint with a RoBERTa-style pair template in tokenizer.json: `<bos> A <eos><eos> B <eos>`."""
+    from tokenizers import Tokenizer, processors
+
+    target = tmp_path_factory.mktemp("roberta-template") / "checkpoint"
+    shutil.copytree(tiny_checkpoint, target)
+    tokenizer = Tokenizer.from_file(str(target / "tokenizer.json"))
+    tokenizer.post_processor = processors.RobertaProcessing(("<eos>", 1), ("<bos>", 2))
+    tokenizer.save(str(target / "tokenizer.json"))
+    return target
 
 
 @pytest.fixture(scope="session")

@@ -10,10 +10,12 @@ with RerankClient("http://127.0.0.1:8000") as client:
 from mmrerank_client.aio import AsyncRerankClient
 from mmrerank_client.errors import (
     AuthenticationError,
+    ClientConfigurationError,
     InvalidRequestError,
     ModelNotReadyError,
     RerankError,
     RerankTimeoutError,
+    ServerOverloadedError,
     ServerUnavailableError,
 )
 from mmrerank_client.sync import RerankClient
@@ -22,6 +24,7 @@ from mmrerank_client.types import RerankResponse, RerankResult
 __all__ = [
     "AuthenticationError",
     "AsyncRerankClient",
+    "ClientConfigurationError",
     "InvalidRequestError",
     "ModelNotReadyError",
     "RerankClient",
@@ -29,5 +32,6 @@ __all__ = [
     "RerankResponse",
     "RerankResult",
     "RerankTimeoutError",
+    "ServerOverloadedError",
     "ServerUnavailableError",
 ]

@@ -10,7 +10,7 @@ from urllib.parse import urlsplit
 import numpy as np
 from numpy.typing import NDArray
 
-from mmrerank_client.errors import InvalidRequestError
+from mmrerank_client.errors import ClientConfigurationError, InvalidRequestError
 from mmrerank_client.types import RerankResponse, RerankResult
 
 DEFAULT_MODEL = "rerank"
@@ -31,10 +31,13 @@ class Endpoint:
         """`http://host:port` (default 8000) or `grpc://host:port` (default 8001); bare host:port means HTTP."""
         parts = urlsplit(url if "://" in url else f"http://{url}")
         if parts.scheme not in ("http", "grpc"):
-            raise ValueError(f"URL scheme must be http or grpc, got {parts.scheme!r} in {url!r}")
+            raise ClientConfigurationError(f"URL scheme must be http or grpc, got {parts.scheme!r} in {url!r}")
         if not parts.hostname:
-            raise ValueError(f"URL {url!r} names no host")
-        port = parts.port or (8000 if parts.scheme == "http" else 8001)
+            raise ClientConfigurationError(f"URL {url!r} names no host")
+        try:
+            port = parts.port or (8000 if parts.scheme == "http" else 8001)
+        except ValueError as error:  # a port that is not a number in 0..65535
+            raise ClientConfigurationError(f"URL {url!r} has an invalid port") from error
         host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
         return cls(parts.scheme, f"{host}:{port}")
 
@@ -77,6 +80,15 @@ def build_request(
         documents=np.array([doc.encode("utf-8") for doc in documents], dtype=np.object_),
         parameters=parameters,
     )
+
+
+def make_inputs(module: Any, request: RerankRequest) -> list[Any]:
+    """Tritonclient InferInput objects for a request; `module` is tritonclient's http, grpc or their aio flavour."""
+    query = module.InferInput("query", [1], "BYTES")
+    query.set_data_from_numpy(request.query)
+    documents = module.InferInput("documents", [len(request.documents)], "BYTES")
+    documents.set_data_from_numpy(request.documents)
+    return [query, documents]
 
 
 def check_top_n(top_n: int | None) -> None:
@@ -138,7 +150,7 @@ def group_pairs(pairs: Sequence[tuple[str, str]]) -> dict[str, list[int]]:
     return groups
 
 
-class ClientSettings:
+class ClientBase:
     """What both clients hold: the endpoint, the model, the default timeout and the auth header."""
 
     def __init__(

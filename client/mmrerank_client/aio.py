@@ -14,20 +14,20 @@ from numpy.typing import NDArray
 
 from mmrerank_client._core import (
     OUTPUTS,
-    ClientSettings,
+    ClientBase,
     RerankRequest,
     build_request,
     build_response,
     check_top_n,
     group_pairs,
+    make_inputs,
     scores_in_input_order,
 )
 from mmrerank_client.errors import ModelNotReadyError, RerankTimeoutError, ServerUnavailableError, translate
-from mmrerank_client.sync import make_inputs
 from mmrerank_client.types import RerankResponse
 
 
-class AsyncRerankClient(ClientSettings):
+class AsyncRerankClient(ClientBase):
     """asyncio client of the served reranker; the URL scheme picks HTTP or gRPC.
 
     `timeout` (seconds, None for none) bounds each call unless the call gives its own; `api_key`
@@ -72,15 +72,52 @@ class AsyncRerankClient(ClientSettings):
         outputs = await self._infer(request, self._call_timeout(timeout))
         return build_response(outputs, documents, top_n=top_n, return_documents=return_documents, layer=layer, dim=dim)
 
-    async def score(self, query: str, documents: Sequence[str], **options: Any) -> list[float]:
-        """Scores in input order; takes rerank's options except top_n and return_documents."""
-        return scores_in_input_order(await self.rerank(query, documents, **options))
+    async def score(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        layer: int | None = None,
+        dim: int | None = None,
+        normalize: bool = True,
+        max_length: int | None = None,
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> list[float]:
+        """One score per document, in input order (rerank's options but top_n and return_documents)."""
+        response = await self.rerank(
+            query, documents, layer=layer, dim=dim, normalize=normalize, max_length=max_length, truncate=truncate,
+            timeout=timeout,
+        )  # fmt: skip
+        return scores_in_input_order(response)
 
-    async def score_pairs(self, pairs: Sequence[tuple[str, str]], **options: Any) -> list[float]:
+    async def score_pairs(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        layer: int | None = None,
+        dim: int | None = None,
+        normalize: bool = True,
+        max_length: int | None = None,
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> list[float]:
         """Scores of (query, document) pairs in input order; one request per distinct query, all in flight."""
         groups = group_pairs(pairs)
         per_query = await asyncio.gather(
-            *(self.score(query, [pairs[i][1] for i in indices], **options) for query, indices in groups.items())
+            *(
+                self.score(
+                    query,
+                    [pairs[i][1] for i in indices],
+                    layer=layer,
+                    dim=dim,
+                    normalize=normalize,
+                    max_length=max_length,
+                    truncate=truncate,
+                    timeout=timeout,
+                )  # fmt: skip
+                for query, indices in groups.items()
+            )
         )
         scores = [0.0] * len(pairs)
         for indices, values in zip(groups.values(), per_query, strict=True):

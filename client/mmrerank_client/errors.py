@@ -15,6 +15,14 @@ class ServerUnavailableError(RerankError):
     """The server could not be reached or is shutting down."""
 
 
+class ServerOverloadedError(ServerUnavailableError):
+    """The server's queue is full and it refused the request at once; retry later or elsewhere."""
+
+
+class ClientConfigurationError(RerankError, ValueError):
+    """The client itself was set up wrongly, e.g. a URL that is not http:// or grpc://."""
+
+
 class RerankTimeoutError(RerankError, TimeoutError):
     """The call did not finish within its timeout."""
 
@@ -48,6 +56,8 @@ def translate(error: BaseException) -> RerankError:
         return AuthenticationError(message)
     if isinstance(error, TimeoutError) or "deadline" in lowered or "timed out" in lowered or "timeout" in lowered:
         return RerankTimeoutError(message or "the request timed out")
+    if "exceeds maximum queue size" in lowered:
+        return ServerOverloadedError(message)
     if "not ready" in lowered or "unknown model" in lowered or "is not found" in lowered or status == "404":
         return ModelNotReadyError(message)
     if (

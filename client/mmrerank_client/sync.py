@@ -15,12 +15,13 @@ from numpy.typing import NDArray
 
 from mmrerank_client._core import (
     OUTPUTS,
-    ClientSettings,
+    ClientBase,
     RerankRequest,
     build_request,
     build_response,
     check_top_n,
     group_pairs,
+    make_inputs,
     scores_in_input_order,
 )
 from mmrerank_client.errors import ModelNotReadyError, ServerUnavailableError, translate
@@ -29,16 +30,7 @@ from mmrerank_client.types import RerankResponse
 NO_TIMEOUT = 24 * 3600.0
 
 
-def make_inputs(module: Any, request: RerankRequest) -> list[Any]:
-    """Tritonclient InferInput objects (HTTP or gRPC flavour) for a request."""
-    query = module.InferInput("query", [1], "BYTES")
-    query.set_data_from_numpy(request.query)
-    documents = module.InferInput("documents", [len(request.documents)], "BYTES")
-    documents.set_data_from_numpy(request.documents)
-    return [query, documents]
-
-
-class RerankClient(ClientSettings):
+class RerankClient(ClientBase):
     """Blocking client of the served reranker; the URL scheme picks HTTP or gRPC.
 
     `timeout` (seconds, None for none) bounds each call unless the call gives its own; `api_key`
@@ -47,6 +39,8 @@ class RerankClient(ClientSettings):
 
     def _connect(self) -> None:
         self._local = threading.local()
+        self._opened: list[Any] = []  # every HTTP connection of every thread, closed by close()
+        self._opened_lock = threading.Lock()
         self._grpc = (
             grpcclient.InferenceServerClient(self.endpoint.address) if self.endpoint.protocol == "grpc" else None
         )
@@ -59,6 +53,8 @@ class RerankClient(ClientSettings):
             clients[timeout] = httpclient.InferenceServerClient(
                 self.endpoint.address, connection_timeout=seconds, network_timeout=seconds
             )
+            with self._opened_lock:
+                self._opened.append(clients[timeout])
         return clients[timeout]
 
     def _infer(self, request: RerankRequest, timeout: float | None) -> dict[str, NDArray[Any]]:
@@ -101,18 +97,48 @@ class RerankClient(ClientSettings):
         outputs = self._infer(request, self._call_timeout(timeout))
         return build_response(outputs, documents, top_n=top_n, return_documents=return_documents, layer=layer, dim=dim)
 
-    def score(self, query: str, documents: Sequence[str], **options: Any) -> list[float]:
-        """Scores in input order; takes rerank's options except top_n and return_documents."""
-        return scores_in_input_order(self.rerank(query, documents, **options))
+    def score(
+        self,
+        query: str,
+        documents: Sequence[str],
+        *,
+        layer: int | None = None,
+        dim: int | None = None,
+        normalize: bool = True,
+        max_length: int | None = None,
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> list[float]:
+        """One score per document, in input order (rerank's options but top_n and return_documents)."""
+        response = self.rerank(
+            query, documents, layer=layer, dim=dim, normalize=normalize, max_length=max_length, truncate=truncate,
+            timeout=timeout,
+        )  # fmt: skip
+        return scores_in_input_order(response)
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, max_concurrency: int = 8, **options: Any) -> list[float]:
+    def score_pairs(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        *,
+        max_concurrency: int = 8,
+        layer: int | None = None,
+        dim: int | None = None,
+        normalize: bool = True,
+        max_length: int | None = None,
+        truncate: bool = True,
+        timeout: float | None = None,
+    ) -> list[float]:
         """Scores of (query, document) pairs in input order; one request per distinct query, sent concurrently."""
         groups = group_pairs(pairs)
         scores = [0.0] * len(pairs)
 
         def run(query: str) -> None:
             indices = groups[query]
-            for index, score in zip(indices, self.score(query, [pairs[i][1] for i in indices], **options), strict=True):
+            values = self.score(
+                query, [pairs[i][1] for i in indices], layer=layer, dim=dim, normalize=normalize,
+                max_length=max_length, truncate=truncate, timeout=timeout,
+            )  # fmt: skip
+            for index, score in zip(indices, values, strict=True):
                 scores[index] = score
 
         with ThreadPoolExecutor(max(1, min(max_concurrency, len(groups)))) as pool:
@@ -147,8 +173,10 @@ class RerankClient(ClientSettings):
         raise ServerUnavailableError(f"no server at {self.endpoint.address} after {timeout:.0f} s")
 
     def close(self) -> None:
-        """Close every connection this client opened."""
-        for client in self._local.__dict__.get("clients", {}).values():
+        """Close every connection this client opened, in any thread."""
+        with self._opened_lock:
+            opened, self._opened = self._opened, []
+        for client in opened:
             client.close()
         self._local = threading.local()
         if self._grpc is not None:

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers import assert_close, infer, library_scores
 
+from mmrerank.dev.background import start_server
 from mmrerank.dev.corpus import text
 
 QUERY = "where does the river meet the city library"
@@ -86,3 +87,20 @@ def test_a_32k_token_pair_is_served(server, reranker, pair_tokenizer):
     assert served["num_tokens"][0] == 32768 and served["truncated"].tolist() == [True, False]
     expected = library_scores(reranker, pair_tokenizer, QUERY, [long_document, "water"], layer=1)
     assert_close(served["scores"], expected)
+
+
+def test_a_checkpoint_with_a_roberta_template_serves_the_references_scores(roberta_checkpoint, tmp_path):
+    """The served pairs follow tokenizer.json's own template, as transformers' tokenizer(query, document) does."""
+    from reference import ReferenceScorer
+
+    reference = ReferenceScorer(roberta_checkpoint)
+    documents = ["the river meets the sea", "bread and water", "a library by the river " * 20]
+    server = start_server(roberta_checkpoint, tmp_path / "server.log")
+    try:
+        for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
+            served = infer(protocol, url, QUERY, documents, layer=4, dim=32, normalize=False)
+            expected = np.array([reference.logit(QUERY, doc, 4, 32) for doc in documents], dtype=np.float32)
+            assert_close(served["scores"], expected)
+            assert served["num_tokens"].tolist() == [len(reference.token_ids(QUERY, doc)) for doc in documents]
+    finally:
+        assert server.stop() == 0

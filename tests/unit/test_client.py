@@ -14,11 +14,13 @@ import mmrerank_client.sync as sync_module
 from mmrerank_client import (
     AsyncRerankClient,
     AuthenticationError,
+    ClientConfigurationError,
     InvalidRequestError,
     ModelNotReadyError,
     RerankClient,
     RerankError,
     RerankTimeoutError,
+    ServerOverloadedError,
     ServerUnavailableError,
 )
 from mmrerank_client._core import Endpoint
@@ -39,6 +41,8 @@ class FakeServer:
     def __init__(self):
         self.calls = []
         self.error = None
+        self.opened = 0
+        self.closed = 0
 
     def result_for(self, inputs):
         documents = inputs[1]._data
@@ -57,6 +61,7 @@ class FakeServer:
         class FakeClient:
             def __init__(self, address, **kwargs):
                 self.address, self.kwargs = address, kwargs
+                server.opened += 1
 
             def _call(self, model, inputs, **kwargs):
                 server.calls.append({"model": model, "inputs": inputs, **kwargs})
@@ -74,6 +79,7 @@ class FakeServer:
                 return self._call(model, inputs, **kwargs)
 
             def close(self):
+                server.closed += 1
                 if asynchronous:
 
                     async def done():
@@ -178,6 +184,10 @@ def test_cheap_checks_fail_before_sending(fake, documents, top_n, message):
         (InferenceServerException("Request for unknown model: 'x' is not found", status="400"), InvalidRequestError),
         (InferenceServerException("Request for unknown model: 'x' is not found"), ModelNotReadyError),
         (InferenceServerException("something else", status="500"), RerankError),
+        (
+            InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE"),
+            ServerOverloadedError,
+        ),
     ],
 )
 def test_server_errors_map_to_the_hierarchy(fake, error, expected):
@@ -229,9 +239,43 @@ def test_endpoint_parsing(url, protocol, address):
     assert Endpoint.parse(url) == Endpoint(protocol, address)
 
 
-def test_an_unknown_scheme_is_refused():
-    with pytest.raises(ValueError, match="scheme must be http or grpc"):
-        Endpoint.parse("ftp://host")
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("ftp://host", "scheme must be http or grpc"), ("http://", "names no host"), ("http://h:99999", "invalid port")],
+)
+def test_a_bad_url_raises_the_clients_own_error(url, message):
+    with pytest.raises(ClientConfigurationError, match=message) as raised:
+        RerankClient(url)
+    assert isinstance(raised.value, RerankError) and isinstance(raised.value, ValueError)
+
+
+def test_an_overloaded_server_is_a_kind_of_unavailable_server(fake):
+    fake.error = InferenceServerException("Exceeds maximum queue size", status="503")
+    with pytest.raises(ServerUnavailableError) as raised:
+        RerankClient().rerank("q", DOCS)
+    assert isinstance(raised.value, ServerOverloadedError)
+
+
+def test_score_takes_typed_options_and_refuses_rerank_only_ones(fake):
+    client = RerankClient()
+    assert client.score("q", DOCS, layer=3, dim=64, max_length=128) == pytest.approx([0.05, 0.27, 0.11])
+    assert fake.calls[-1]["parameters"] == {
+        "normalize": True,
+        "truncate": True,
+        "layer": 3,
+        "dim": 64,
+        "max_length": 128,
+    }
+    with pytest.raises(TypeError, match="top_n"):
+        client.score("q", DOCS, top_n=2)
+
+
+def test_close_closes_the_connections_of_score_pairs_worker_threads(fake):
+    client = RerankClient("http://h")
+    client.score_pairs([(f"q{i}", "doc") for i in range(6)], max_concurrency=3)
+    assert fake.opened >= 2
+    client.close()
+    assert fake.closed == fake.opened
 
 
 @pytest.mark.parametrize(

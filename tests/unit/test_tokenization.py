@@ -7,7 +7,7 @@ import random
 import pytest
 
 from mmrerank.dev.corpus import text
-from mmrerank.serving.pair_tokenizer import PairTooLongError, QueryTooLongError
+from mmrerank.serving.pair_tokenizer import PairTokenizer, PairTooLongError, QueryTooLongError
 
 QUERY = "what is the history of the river"
 LONG_DOCUMENT = "the river library holds the history of the city and its water " * 40
@@ -91,3 +91,18 @@ def test_a_giant_single_word_document_is_cheap_and_truncated(pair_tokenizer):
 def test_a_giant_query_is_refused_without_tokenizing_it_whole(pair_tokenizer):
     with pytest.raises(QueryTooLongError, match="leaves no room"):
         pair_tokenizer.encode("y" * 20_000_000, ["water"], max_length=512)
+
+
+def test_a_roberta_style_template_is_followed_and_only_the_document_is_cut(roberta_checkpoint):
+    from transformers import PreTrainedTokenizerFast
+
+    pair_tokenizer = PairTokenizer.from_file(roberta_checkpoint / "tokenizer.json")
+    reference = PreTrainedTokenizerFast(tokenizer_file=str(roberta_checkpoint / "tokenizer.json"))
+    assert pair_tokenizer.special_tokens_per_pair == 4
+    encoded = pair_tokenizer.encode(QUERY, ["water", LONG_DOCUMENT], max_length=64)
+    assert encoded.rows()[0].tolist() == reference(QUERY, "water")["input_ids"]
+    query_ids = token_ids(pair_tokenizer, QUERY)
+    cut = encoded.rows()[1].tolist()
+    assert len(cut) == 64 and encoded.truncated.tolist() == [False, True]
+    assert cut[: len(query_ids) + 3] == [2, *query_ids, 1, 1] and cut[-1] == 1
+    assert cut[len(query_ids) + 3 : -1] == token_ids(pair_tokenizer, LONG_DOCUMENT)[: 64 - len(query_ids) - 4]
