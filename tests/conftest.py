@@ -69,6 +69,18 @@ def server(tiny_checkpoint, tmp_path_factory):
     running.stop()
 
 
+def pytest_collection_modifyitems(items):
+    """Mark every test by the directory it lives in, so `-m "not server"` or `-m "not slow"` pick a fast set."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        if "server" in parts or "load" in parts:
+            item.add_marker(pytest.mark.server)
+        if "load" in parts:
+            item.add_marker(pytest.mark.slow)
+        if "deploy" in parts:
+            item.add_marker(pytest.mark.deploy)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """Attach the server log's tail to every failing test that used a server."""

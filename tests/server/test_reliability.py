@@ -31,6 +31,7 @@ def ready(server) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_requests(tiny_checkpoint, tmp_path, reranker, pair_tokenizer):
     server = start_server(tiny_checkpoint, tmp_path / "server.log")
     rng = random.Random(8)
@@ -52,6 +53,7 @@ def test_sigterm_drains_in_flight_requests(tiny_checkpoint, tmp_path, reranker, 
     assert took < 45, f"shutdown took {took:.1f} s"
 
 
+@pytest.mark.slow
 def test_a_killed_backend_stub_is_detected_and_recovered(tiny_checkpoint, tmp_path):
     server = start_server(tiny_checkpoint, tmp_path / "server.log")
     try:
@@ -81,6 +83,7 @@ def test_a_killed_backend_stub_is_detected_and_recovered(tiny_checkpoint, tmp_pa
         server.stop()
 
 
+@pytest.mark.slow
 def test_overload_is_rejected_fast_not_hung(tiny_checkpoint, tmp_path):
     repository = tmp_path / "model_repository"
     shutil.copytree(REPO_ROOT / "model_repository", repository)

@@ -81,6 +81,7 @@ def test_a_document_over_the_cap_is_truncated_and_flagged(server, reranker, pair
     assert_close(served["scores"], library_scores(reranker, pair_tokenizer, QUERY, docs, max_length=64))
 
 
+@pytest.mark.slow
 def test_a_32k_token_pair_is_served(server, reranker, pair_tokenizer):
     long_document = text(random.Random(3), 30000)
     served = infer("http", server.http_url, QUERY, [long_document, "water"], layer=1)

@@ -8,6 +8,7 @@ import threading
 import time
 
 import psutil
+import pytest
 
 from mmrerank.dev.corpus import LANGUAGES, text
 from mmrerank_client import RerankClient
@@ -40,6 +41,7 @@ def scenario(rng: random.Random) -> tuple[str, list[str], dict]:
     return kind, documents, {}
 
 
+@pytest.mark.slow
 def test_soak_has_no_failures_and_bounded_memory(server):
     stop_at = time.monotonic() + SOAK_SECONDS
     counts = {"ok": 0, "failed": 0}

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
 import json, resource, sys
 import numpy as np
@@ -20,6 +22,7 @@ print(json.dumps({"logit": float(logits[0]), "peak_gb": peak_gb}))
 """
 
 
+@pytest.mark.slow
 def test_a_32k_token_pair_fits_in_bounded_memory(tiny_checkpoint):
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tiny_checkpoint)], capture_output=True, text=True, timeout=300, check=True
