@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,16 +63,23 @@ class BackgroundServer:
 
 
 def start_server(
-    checkpoint: Path, log_path: Path, *extra: str, env: dict[str, str] | None = None, ready_timeout: float = 240
+    checkpoint: Path,
+    log_path: Path,
+    *extra: str,
+    env: dict[str, str] | None = None,
+    ready_timeout: float = 240,
+    launcher: Sequence[str] = (str(REPO_ROOT / "scripts" / "serve"),),
 ) -> BackgroundServer:
     """Launch scripts/serve on free ports and wait until Triton is ready; raise LaunchError with the log if not.
 
-    `extra` goes to scripts/serve; `env` adds environment variables (e.g. MMRERANK_API_KEY).
+    `extra` goes to scripts/serve; `env` adds environment variables (e.g. MMRERANK_API_KEY);
+    `launcher` replaces scripts/serve, e.g. `python -m mmrerank.launch.launcher` where no
+    virtual environment may be created (a machine without internet).
     """
     http, grpc, metrics = free_ports(3)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [str(REPO_ROOT / "scripts" / "serve"), "--checkpoint", str(checkpoint), "--http-port", str(http),
+            [*launcher, "--checkpoint", str(checkpoint), "--http-port", str(http),
              "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
         )  # fmt: skip

@@ -58,16 +58,24 @@ class PackedRows:
         """The longest sequence."""
         return max(self.host_lengths)
 
+    @property
+    def uniform(self) -> bool:
+        """Whether every sequence has the same length (padding is then a reshape)."""
+        return min(self.host_lengths) == self.max_length
+
     def pad(self, packed: torch.Tensor) -> torch.Tensor:
         """[tokens, heads, head_dim] -> right-padded [sequences, heads, longest, head_dim], zeros after each end."""
-        padded = packed.new_zeros(len(self.host_lengths) * self.max_length, *packed.shape[1:])
+        shape = (len(self.host_lengths), self.max_length, *packed.shape[1:])
+        if self.uniform:
+            return packed.view(shape).transpose(1, 2)
+        padded = packed.new_zeros(shape[0] * shape[1], *packed.shape[1:])
         padded[self.padded_index] = packed
-        return padded.view(len(self.host_lengths), self.max_length, *packed.shape[1:]).transpose(1, 2)
+        return padded.view(shape).transpose(1, 2)
 
     def unpad(self, padded: torch.Tensor) -> torch.Tensor:
         """The inverse of `pad`: [sequences, heads, longest, head_dim] -> [tokens, heads, head_dim]."""
         flat = padded.transpose(1, 2).reshape(-1, padded.shape[1], padded.shape[3])
-        return flat[self.padded_index]
+        return flat if self.uniform else flat[self.padded_index]
 
 
 class AttentionKernel(ABC):
@@ -109,8 +117,7 @@ class PaddedKernel(AttentionKernel):
         q, k, v = rows.pad(query), rows.pad(key), rows.pad(value)
         valid = key_padding_mask(rows.lengths, rows.max_length)
         if half_window is None:
-            unpadded = min(rows.host_lengths) == rows.max_length
-            attended = global_attention(q, k, v, None if unpadded else valid)
+            attended = global_attention(q, k, v, None if rows.uniform else valid)
         else:
             attended = local_attention(q, k, v, valid, half_window)
         return rows.unpad(attended)
