@@ -1,4 +1,4 @@
-"""A straightforward reference scorer: transformers' ModernBERT, `output_hidden_states`, CHECKPOINT.md.
+"""A straightforward reference scorer: transformers' ModernBERT, `output_hidden_states`, docs/checkpoint.md.
 
 It shares no code with the library's fast path: it tokenizes with transformers' tokenizer and
 runs the full encoder one pair at a time.

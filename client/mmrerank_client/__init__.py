@@ -19,7 +19,7 @@ from mmrerank_client.errors import (
     ServerUnavailableError,
 )
 from mmrerank_client.sync import RerankClient
-from mmrerank_client.types import RerankResponse, RerankResult
+from mmrerank_client.types import RerankResponse, RerankResult, ServedModel
 
 __all__ = [
     "AuthenticationError",
@@ -34,4 +34,5 @@ __all__ = [
     "RerankTimeoutError",
     "ServerOverloadedError",
     "ServerUnavailableError",
+    "ServedModel",
 ]

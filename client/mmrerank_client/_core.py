@@ -10,13 +10,13 @@ from urllib.parse import urlsplit
 import numpy as np
 from numpy.typing import NDArray
 
-from mmrerank_client.errors import ClientConfigurationError, InvalidRequestError
-from mmrerank_client.types import RerankResponse, RerankResult
+from mmrerank_client.errors import ClientConfigurationError, InvalidRequestError, RerankError
+from mmrerank_client.types import RerankResponse, RerankResult, ServedModel
 
 DEFAULT_MODEL = "rerank"
 API_KEY_HEADER = "x-api-key"
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
-OUTPUTS = ("scores", "num_tokens", "truncated")
+OUTPUTS = ("scores", "num_tokens", "truncated", "exit_layer")
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,9 @@ def build_request(
     normalize: bool,
     max_length: int | None,
     truncate: bool,
+    prefilter_layer: int | None = None,
+    prefilter_dim: int | None = None,
+    prefilter_top_k: int | None = None,
 ) -> RerankRequest:
     """Check what is cheap to check here and encode the texts; the server stays the authority."""
     if isinstance(documents, str):
@@ -70,7 +73,11 @@ def build_request(
     if not all(isinstance(item, str) for item in texts):
         raise InvalidRequestError("the query and every document must be str")
     parameters: dict[str, int | bool] = {"normalize": normalize, "truncate": truncate}
-    for name, value in (("layer", layer), ("dim", dim), ("max_length", max_length)):
+    integers = (
+        ("layer", layer), ("dim", dim), ("max_length", max_length), ("prefilter_layer", prefilter_layer),
+        ("prefilter_dim", prefilter_dim), ("prefilter_top_k", prefilter_top_k),
+    )  # fmt: skip
+    for name, value in integers:
         if value is not None:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise InvalidRequestError(f"parameter '{name}' must be an integer, got {value!r}")
@@ -106,17 +113,19 @@ def build_response(
     layer: int | None,
     dim: int | None,
 ) -> RerankResponse:
-    """Sort by score (ties keep input order) and keep the best `top_n`."""
+    """Deepest exit first, then by score (ties keep input order); keep the best `top_n`."""
     scores = outputs["scores"].reshape(-1)
     num_tokens = outputs["num_tokens"].reshape(-1)
     truncated = outputs["truncated"].reshape(-1)
-    order = sorted(range(len(scores)), key=lambda i: -float(scores[i]))
+    exit_layers = outputs["exit_layer"].reshape(-1)
+    order = sorted(range(len(scores)), key=lambda i: (-int(exit_layers[i]), -float(scores[i])))
     results = tuple(
         RerankResult(
             index=i,
             score=float(scores[i]),
             num_tokens=int(num_tokens[i]),
             truncated=bool(truncated[i]),
+            exit_layer=int(exit_layers[i]),
             document=documents[i] if return_documents else None,
         )
         for i in order[:top_n]
@@ -130,6 +139,27 @@ def scores_in_input_order(response: RerankResponse) -> list[float]:
     for result in response.results:
         scores[result.index] = result.score
     return scores
+
+
+def served_model(config: dict[str, Any]) -> ServedModel:
+    """The served checkpoint's facts from the `rerank` model's configuration (as Triton returns it in JSON)."""
+    parameters = {key: str(value.get("string_value", "")) for key, value in config.get("parameters", {}).items()}
+    try:
+        return ServedModel(
+            checkpoint=parameters["checkpoint"],
+            layer_indices=tuple(int(v) for v in parameters["layer_indices"].split(",")),
+            dim_indices=tuple(int(v) for v in parameters["dim_indices"].split(",")),
+            default_layer=int(parameters["default_layer"]),
+            default_dim=int(parameters["default_dim"]),
+            max_tokens_per_pair=int(parameters["max_tokens_per_pair"]),
+            max_documents=int(parameters["max_documents"]),
+            request_parameters=tuple(parameters["request_parameters"].split(",")),
+        )
+    except (KeyError, ValueError) as error:
+        raise RerankError(
+            f"the server's model configuration does not describe its checkpoint ({type(error).__name__}: {error}); "
+            "was it started by the mmrerank launcher?"
+        ) from error
 
 
 def auth_headers(api_key: str | None, protocol: str) -> dict[str, str] | None:

@@ -22,9 +22,10 @@ from mmrerank_client._core import (
     group_pairs,
     make_inputs,
     scores_in_input_order,
+    served_model,
 )
 from mmrerank_client.errors import ModelNotReadyError, RerankTimeoutError, ServerUnavailableError, translate
-from mmrerank_client.types import RerankResponse
+from mmrerank_client.types import RerankResponse, ServedModel
 
 
 class AsyncRerankClient(ClientBase):
@@ -62,13 +63,22 @@ class AsyncRerankClient(ClientBase):
         return_documents: bool = False,
         max_length: int | None = None,
         truncate: bool = True,
+        prefilter_layer: int | None = None,
+        prefilter_dim: int | None = None,
+        prefilter_top_k: int | None = None,
         timeout: float | None = None,
     ) -> RerankResponse:
-        """Rank `documents` against `query`, best first; layer/dim None mean the server's defaults."""
+        """Rank `documents` against `query`, best first; layer/dim None mean the server's defaults.
+
+        With `prefilter_layer` and `prefilter_top_k` the server runs a cascade: every document at
+        the cheap exit (`prefilter_layer`, `prefilter_dim` or `dim`), the best `prefilter_top_k`
+        continued to `layer`; each result's `exit_layer` says which exit scored it.
+        """
         check_top_n(top_n)
         request = build_request(
-            query, documents, layer=layer, dim=dim, normalize=normalize, max_length=max_length, truncate=truncate
-        )
+            query, documents, layer=layer, dim=dim, normalize=normalize, max_length=max_length, truncate=truncate,
+            prefilter_layer=prefilter_layer, prefilter_dim=prefilter_dim, prefilter_top_k=prefilter_top_k,
+        )  # fmt: skip
         outputs = await self._infer(request, self._call_timeout(timeout))
         return build_response(outputs, documents, top_n=top_n, return_documents=return_documents, layer=layer, dim=dim)
 
@@ -124,6 +134,22 @@ class AsyncRerankClient(ClientBase):
             for index, score in zip(indices, values, strict=True):
                 scores[index] = score
         return scores
+
+    async def describe(self, timeout: float | None = None) -> ServedModel:
+        """The served checkpoint: its exits, defaults, caps and name (from the model's configuration)."""
+        seconds = self._call_timeout(timeout)
+        try:
+            if self.endpoint.protocol == "grpc":
+                call = self._client.get_model_config(self.model, headers=self._headers, as_json=True)
+                config = (await asyncio.wait_for(call, seconds))["config"]
+            else:
+                call = self._client.get_model_config(self.model, headers=self._headers)
+                config = await asyncio.wait_for(call, seconds)
+        except asyncio.TimeoutError as error:
+            raise RerankTimeoutError(f"no answer within {seconds} s") from error
+        except Exception as error:
+            raise translate(error) from error
+        return served_model(config)
 
     async def is_ready(self) -> bool:
         """Whether the server is live and the model ready now."""

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mmrerank.launch.repository import RepositoryError, materialize
 from mmrerank.launch.supervisor import LaunchError, Supervisor
 from mmrerank.layout import CheckpointError, CheckpointLayout
 from mmrerank.serving.settings import CHECKPOINT_ENV
@@ -82,8 +83,13 @@ def prepare_wheel_backends(target: Path) -> Path:
     return target
 
 
-def server_command(args: argparse.Namespace, checkpoint: Path, backend_dir: Path | None) -> ServerCommand:
-    """Build the tritonserver invocation for these options (the containers use the same one)."""
+def server_command(
+    args: argparse.Namespace, checkpoint: Path, backend_dir: Path | None, repository: Path | None = None
+) -> ServerCommand:
+    """Build the tritonserver invocation for these options (the containers use the same one).
+
+    `repository` is the served copy of the model repository (default: `--model-repository` itself).
+    """
     env = {CHECKPOINT_ENV: str(checkpoint)}
     binary = shutil.which("tritonserver")
     if binary is None:
@@ -96,7 +102,7 @@ def server_command(args: argparse.Namespace, checkpoint: Path, backend_dir: Path
         env["PATH"] = os.pathsep.join(dict.fromkeys(env["PATH"].split(os.pathsep)))
     argv = [
         binary,
-        f"--model-repository={args.model_repository}",
+        f"--model-repository={repository or args.model_repository}",
         f"--http-address={args.host}",
         f"--http-port={args.http_port}",
         f"--grpc-address={args.host}",
@@ -121,23 +127,21 @@ def server_command(args: argparse.Namespace, checkpoint: Path, backend_dir: Path
     return ServerCommand(argv + list(args.extra), env)
 
 
-def resolve_checkpoint(requested: str | None) -> Path:
+def resolve_checkpoint(requested: str | None) -> CheckpointLayout:
     """The checkpoint to serve, checked and resolved once (a hub id becomes its local snapshot).
 
     Without one, the tiny demo checkpoint, built on first use. The Triton models then receive a
     local directory through MMRERANK_CHECKPOINT.
     """
-    if requested:
-        try:
-            return CheckpointLayout.open(requested).directory
-        except CheckpointError as error:
-            raise LaunchError(str(error)) from error
-    if not (DEFAULT_DEMO_CHECKPOINT / "model.safetensors").is_file():
+    if not requested and not (DEFAULT_DEMO_CHECKPOINT / "model.safetensors").is_file():
         from mmrerank.dev.demo import build_demo_checkpoint
 
         LOGGER.info("building the tiny demo checkpoint (random weights: its scores carry no meaning)")
         build_demo_checkpoint(DEFAULT_DEMO_CHECKPOINT, "tiny")
-    return DEFAULT_DEMO_CHECKPOINT
+    try:
+        return CheckpointLayout.open(requested or DEFAULT_DEMO_CHECKPOINT)
+    except CheckpointError as error:
+        raise LaunchError(str(error)) from error
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -172,14 +176,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> int:
     """Start the server, report where it serves, and forward Ctrl-C / SIGTERM to it."""
-    checkpoint = resolve_checkpoint(args.checkpoint)
-    with tempfile.TemporaryDirectory(prefix="mmrerank-backends-") as scratch:
-        backend_dir = None if shutil.which("tritonserver") else prepare_wheel_backends(Path(scratch))
-        command = server_command(args, checkpoint, backend_dir)
+    layout = resolve_checkpoint(args.checkpoint)
+    with tempfile.TemporaryDirectory(prefix="mmrerank-serve-") as scratch:
+        backend_dir = None if shutil.which("tritonserver") else prepare_wheel_backends(Path(scratch) / "backends")
         if args.print_command:
+            command = server_command(args, layout.directory, backend_dir)
             print(command.shell(secret=os.environ.get(API_KEY_ENV)))  # noqa: T201 - this is the command's output
             return 0
-        LOGGER.info("serving checkpoint %s", checkpoint)
+        try:
+            repository = materialize(
+                args.model_repository, layout, Path(scratch) / "model_repository", args.model_config_name
+            )
+        except RepositoryError as error:
+            raise LaunchError(str(error)) from error
+        command = server_command(args, layout.directory, backend_dir, repository)
+        LOGGER.info("serving checkpoint %s (exits: layers %s x widths %s)", layout.directory,
+                    list(layout.spec.layer_indices), list(layout.spec.dim_indices))  # fmt: skip
         if os.environ.get(API_KEY_ENV):
             LOGGER.info("inference and admin APIs require the %s header (key from $%s)", API_KEY_HEADER, API_KEY_ENV)
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host

@@ -129,17 +129,40 @@ class Encoder(nn.Module):
 
     def cls_states(self, input_ids: torch.Tensor, rows: PackedRows, exit_layer: int) -> torch.Tensor:
         """CLS vectors [sequences, hidden] of hidden state `exit_layer` (1-based) for packed 1-D `input_ids`."""
-        if not 1 <= exit_layer <= self.config.num_layers:
-            raise ValueError(f"exit layer {exit_layer} is outside 1..{self.config.num_layers}")
+        return self.continue_to_cls(self.embeddings(input_ids), rows, 0, exit_layer)
+
+    def hidden_states(self, input_ids: torch.Tensor, rows: PackedRows, layer: int) -> torch.Tensor:
+        """Every token's hidden state `layer` [tokens, hidden], raw (no final norm): where a cascade resumes."""
+        self._check_layer(layer)
+        return self._run(self.embeddings(input_ids), rows, 0, layer, cls_only_last=False)
+
+    def continue_to_cls(self, hidden: torch.Tensor, rows: PackedRows, from_layer: int, exit_layer: int) -> torch.Tensor:
+        """CLS vectors of hidden state `exit_layer`, running layers from_layer+1..exit_layer on `hidden`."""
+        self._check_layer(exit_layer)
+        if not 0 <= from_layer < exit_layer:
+            raise ValueError(f"cannot continue from layer {from_layer} to layer {exit_layer}")
+        return self.exit_of(self._run(hidden, rows, from_layer, exit_layer, cls_only_last=True), exit_layer)
+
+    def exit_of(self, cls: torch.Tensor, layer: int) -> torch.Tensor:
+        """The heads' input from raw CLS vectors of hidden state `layer`.
+
+        Exits before the last layer apply `final_norm`, the last does not (as the heads were trained).
+        """
+        return self.final_norm(cls) if layer < self.config.num_layers else cls
+
+    def _check_layer(self, layer: int) -> None:
+        if not 1 <= layer <= self.config.num_layers:
+            raise ValueError(f"exit layer {layer} is outside 1..{self.config.num_layers}")
+
+    def _run(self, hidden: torch.Tensor, rows: PackedRows, first: int, last: int, cls_only_last: bool) -> torch.Tensor:
+        """Layers first+1..last (1-based) over packed `hidden`; with `cls_only_last` the last yields CLS rows only."""
         dtype = self.final_norm.weight.dtype
         tables = {}
         for theta in {self.config.global_rope_theta, self.config.local_rope_theta}:
-            cos, sin = rotary_tables(rows.max_length, self.config.head_dim, theta, dtype, input_ids.device)
+            cos, sin = rotary_tables(rows.max_length, self.config.head_dim, theta, dtype, hidden.device)
             tables[theta] = (cos[rows.positions], sin[rows.positions])
-        hidden = self.embeddings(input_ids)
-        for index in range(exit_layer):
+        for index in range(first, last):
             layer = self.layers[index]
             theta = self.config.global_rope_theta if layer.half_window is None else self.config.local_rope_theta
-            hidden = layer(hidden, tables[theta], rows, self.kernel, cls_only=index == exit_layer - 1)
-        # Exits before the last layer apply `final_norm`, the last does not (as the heads were trained).
-        return self.final_norm(hidden) if exit_layer < self.config.num_layers else hidden
+            hidden = layer(hidden, tables[theta], rows, self.kernel, cls_only=cls_only_last and index == last - 1)
+        return hidden

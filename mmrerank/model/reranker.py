@@ -65,14 +65,51 @@ class MatryoshkaReranker:
         `lengths[i]` is the length of row i and `dims[i]` its head width. Only encoder layers
         1..layer run. The ids reach the device in one copy.
         """
+        self._check_exit(layer)
+        ids, rows = self._packed(input_ids, lengths)
+        return self._head_logits(self.encoder.cls_states(ids, rows, layer), layer, dims)
+
+    @torch.inference_mode()
+    def prefilter(
+        self, input_ids: np.ndarray, lengths: Sequence[int], layer: int, dims: Sequence[int]
+    ) -> tuple[np.ndarray, list[torch.Tensor]]:
+        """A cascade's cheap stage: logits at `layer`, and each row's hidden state `layer` to continue from.
+
+        The hidden states are per row [length, hidden] on the device; keep only the ones to continue.
+        """
+        self._check_exit(layer)
+        ids, rows = self._packed(input_ids, lengths)
+        hidden = self.encoder.hidden_states(ids, rows, layer)
+        logits = self._head_logits(self.encoder.exit_of(hidden[rows.starts], layer), layer, dims)
+        return logits, list(hidden.split(rows.host_lengths))
+
+    @torch.inference_mode()
+    def continue_logits(
+        self, hidden_rows: Sequence[torch.Tensor], from_layer: int, layer: int, dims: Sequence[int]
+    ) -> np.ndarray:
+        """A cascade's deep stage: logits at `layer` for rows resumed from their hidden state `from_layer`."""
+        self._check_exit(layer)
+        host_lengths = tuple(len(row) for row in hidden_rows)
+        lens = torch.as_tensor(host_lengths, dtype=torch.long).to(self.device, non_blocking=True)
+        rows = PackedRows.from_lengths(lens, host_lengths)
+        cls = self.encoder.continue_to_cls(torch.cat(list(hidden_rows)), rows, from_layer, layer)
+        return self._head_logits(cls, layer, dims)
+
+    def _check_exit(self, layer: int) -> None:
         if layer not in self.spec.layer_indices:
             raise ValueError(f"layer {layer} is not one of {list(self.spec.layer_indices)}")
+
+    def _packed(self, input_ids: np.ndarray, lengths: Sequence[int]) -> tuple[torch.Tensor, PackedRows]:
+        """The ids on the device and where each row lies."""
         host_lengths = tuple(int(n) for n in lengths)
         if sum(host_lengths) != np.size(input_ids) or min(host_lengths, default=0) < 1:
             raise ValueError("lengths must be positive and add up to the number of token ids")
         ids = torch.as_tensor(np.asarray(input_ids, dtype=np.int64)).to(self.device, non_blocking=True)
         lens = torch.as_tensor(host_lengths, dtype=torch.long).to(self.device, non_blocking=True)
-        cls = self.encoder.cls_states(ids, PackedRows.from_lengths(lens, host_lengths), layer)
+        return ids, PackedRows.from_lengths(lens, host_lengths)
+
+    def _head_logits(self, cls: torch.Tensor, layer: int, dims: Sequence[int]) -> np.ndarray:
+        """Row i through head (layer, dims[i]), in fp32, back on the host."""
         dims_array = np.asarray(dims)
         out = np.empty(len(dims_array), dtype=np.float32)
         for dim in np.unique(dims_array):

@@ -14,7 +14,12 @@ import numpy as np
 
 from mmrerank.layout import MatryoshkaSpec
 
-PARAMETERS = ("layer", "dim", "normalize", "max_length", "truncate")
+PARAMETERS = (
+    "layer", "dim", "normalize", "max_length", "truncate", "prefilter_layer", "prefilter_dim", "prefilter_top_k"
+)  # fmt: skip
+PREFILTER_PARAMETERS = ("prefilter_layer", "prefilter_dim", "prefilter_top_k")
+# At most this many characters of a client's value are quoted back in an error message.
+QUOTE_LIMIT = 100
 
 
 class InvalidRequestError(ValueError):
@@ -30,6 +35,15 @@ class InvalidRequestError(ValueError):
 
 
 @dataclass(frozen=True)
+class Prefilter:
+    """A cascade: score every document at (layer, dim), continue the best `top_k` to the request's exit."""
+
+    layer: int
+    dim: int
+    top_k: int
+
+
+@dataclass(frozen=True)
 class RerankOptions:
     """The per-request knobs, defaults filled in."""
 
@@ -38,6 +52,13 @@ class RerankOptions:
     normalize: bool
     max_length: int
     truncate: bool
+    prefilter: Prefilter | None = None
+
+
+def quote(value: object) -> str:
+    """A client's value for an error message: its repr, cut to QUOTE_LIMIT characters."""
+    text = repr(value)
+    return text if len(text) <= QUOTE_LIMIT else f"{text[:QUOTE_LIMIT]}... ({len(text)} characters)"
 
 
 def parse_parameters(text: str) -> dict[str, object]:
@@ -55,7 +76,7 @@ def _integer(parameters: Mapping[str, object], name: str, default: int) -> int:
     value = parameters.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidRequestError(
-            f"parameter '{name}' must be an integer, got {type(value).__name__} {value!r}", "parameter_type"
+            f"parameter '{name}' must be an integer, got {type(value).__name__} {quote(value)}", "parameter_type"
         )
     return value
 
@@ -64,7 +85,7 @@ def _boolean(parameters: Mapping[str, object], name: str, default: bool) -> bool
     value = parameters.get(name, default)
     if not isinstance(value, bool):
         raise InvalidRequestError(
-            f"parameter '{name}' must be a boolean (true or false), got {type(value).__name__} {value!r}",
+            f"parameter '{name}' must be a boolean (true or false), got {type(value).__name__} {quote(value)}",
             "parameter_type",
         )
     return value
@@ -77,7 +98,7 @@ def parse_options(
     unknown = sorted(set(parameters) - set(PARAMETERS))
     if unknown:
         raise InvalidRequestError(
-            f"unknown parameter '{unknown[0]}'; allowed parameters: {', '.join(PARAMETERS)}", "unknown_parameter"
+            f"unknown parameter {quote(unknown[0])}; allowed parameters: {', '.join(PARAMETERS)}", "unknown_parameter"
         )
     layer = _integer(parameters, "layer", spec.default_layer)
     if layer not in spec.layer_indices:
@@ -101,7 +122,38 @@ def parse_options(
         normalize=_boolean(parameters, "normalize", True),
         max_length=max_length,
         truncate=_boolean(parameters, "truncate", True),
+        prefilter=_prefilter(parameters, spec, layer, dim),
     )
+
+
+def _prefilter(parameters: Mapping[str, object], spec: MatryoshkaSpec, layer: int, dim: int) -> Prefilter | None:
+    """The cascade parameters, all or none: a shallower exit layer, its width, how many continue."""
+    given = [name for name in PREFILTER_PARAMETERS if name in parameters]
+    if not given:
+        return None
+    if "prefilter_layer" not in parameters or "prefilter_top_k" not in parameters:
+        raise InvalidRequestError(
+            f"parameter '{given[0]}' needs both 'prefilter_layer' and 'prefilter_top_k' (a cascade scores every "
+            "document at prefilter_layer and continues the best prefilter_top_k to 'layer')",
+            "parameter_value",
+        )
+    shallower = [value for value in spec.layer_indices if value < layer]
+    prefilter_layer = _integer(parameters, "prefilter_layer", 0)
+    if prefilter_layer not in shallower:
+        raise InvalidRequestError(
+            f"parameter 'prefilter_layer' must be an exit layer shallower than layer {layer}, one of {shallower}, "
+            f"got {prefilter_layer}",
+            "parameter_value",
+        )
+    prefilter_dim = _integer(parameters, "prefilter_dim", dim)
+    if prefilter_dim not in spec.dim_indices:
+        raise InvalidRequestError(
+            f"parameter 'prefilter_dim' must be one of {list(spec.dim_indices)}, got {prefilter_dim}", "parameter_value"
+        )
+    top_k = _integer(parameters, "prefilter_top_k", 1)
+    if top_k < 1:
+        raise InvalidRequestError(f"parameter 'prefilter_top_k' must be at least 1, got {top_k}", "parameter_value")
+    return Prefilter(prefilter_layer, prefilter_dim, top_k)
 
 
 def decode_texts(values: np.ndarray, what: str, max_bytes: int) -> list[str]:

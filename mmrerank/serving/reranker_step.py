@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from mmrerank.model import MatryoshkaReranker
-from mmrerank.serving.contract import InvalidRequestError, RerankOptions, parse_options
+from mmrerank.serving.contract import InvalidRequestError, Prefilter, RerankOptions, parse_options
 from mmrerank.serving.planner import MicroBatch, plan_micro_batches
 
 
@@ -22,9 +23,10 @@ class ScoreRequest:
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """Scores per request, and the micro-batches that produced them (for metrics)."""
+    """Scores per request, the exit layer behind each score, and the micro-batches that ran (for metrics)."""
 
     scores: list[np.ndarray]
+    exit_layers: list[np.ndarray]  # int32 per pair: the request's layer, or its prefilter layer in a cascade
     batches: list[MicroBatch]
     tokens_processed: int  # what the encoder ran: padded tokens for a padding kernel, else real ones
 
@@ -65,12 +67,42 @@ class RerankerStep:
         return ScoreRequest(np.split(ids, np.cumsum(lengths)[:-1]), options)
 
     def score(self, requests: Sequence[ScoreRequest]) -> ScoredBatch:
-        """Scores per request (sigmoid where asked), from one plan over every pair of every request."""
+        """Scores per request (sigmoid where asked): plain requests share one plan, each cascade runs its own."""
+        logits: list[np.ndarray] = []
+        exit_layers: list[np.ndarray] = []
+        plain = [request for request in requests if request.options.prefilter is None]
+        plain_logits, batches = self._score_plain(plain)
+        next_plain = iter(plain_logits)
+        for request in requests:
+            prefilter = request.options.prefilter
+            if prefilter is None:
+                logits.append(next(next_plain))
+                exit_layers.append(np.full(len(request.rows), request.options.layer, dtype=np.int32))
+            else:
+                values, exits, cascade_batches = self._score_cascade(request.rows, request.options, prefilter)
+                logits.append(values)
+                exit_layers.append(exits)
+                batches += cascade_batches
+        scores = [
+            sigmoid(values) if request.options.normalize else values
+            for request, values in zip(requests, logits, strict=True)
+        ]
+        processed = sum(batch.padded_tokens if self._pads else batch.real_tokens for batch in batches)
+        return ScoredBatch(scores, exit_layers, batches, processed)
+
+    @property
+    def _pads(self) -> bool:
+        return self.reranker.kernel.pads
+
+    def _plan(self, rows: Sequence[np.ndarray], layers: Sequence[int]) -> list[MicroBatch]:
+        return plan_micro_batches([len(row) for row in rows], layers, self.max_batch_tokens, count_padding=self._pads)
+
+    def _score_plain(self, requests: Sequence[ScoreRequest]) -> tuple[list[np.ndarray], list[MicroBatch]]:
+        """Raw logits per request from one plan over all their pairs (grouped by exit layer, sorted by length)."""
         rows = [row for request in requests for row in request.rows]
         layers = [request.options.layer for request in requests for _ in request.rows]
         dims = [request.options.dim for request in requests for _ in request.rows]
-        pads = self.reranker.kernel.pads
-        batches = plan_micro_batches([len(row) for row in rows], layers, self.max_batch_tokens, count_padding=pads)
+        batches = self._plan(rows, layers)
         logits = np.empty(len(rows), dtype=np.float32)
         for batch in batches:
             chosen = list(batch.indices)
@@ -80,11 +112,40 @@ class RerankerStep:
                 batch.layer,
                 [dims[i] for i in chosen],
             )
-        scores: list[np.ndarray] = []
-        start = 0
-        for request in requests:
-            values = logits[start : start + len(request.rows)]
-            scores.append(sigmoid(values) if request.options.normalize else values.copy())
-            start += len(request.rows)
-        processed = sum(batch.padded_tokens if pads else batch.real_tokens for batch in batches)
-        return ScoredBatch(scores, batches, processed)
+        bounds = np.cumsum([0, *(len(request.rows) for request in requests)])
+        return [logits[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)], batches
+
+    def _score_cascade(
+        self, rows: Sequence[np.ndarray], options: RerankOptions, prefilter: Prefilter
+    ) -> tuple[np.ndarray, np.ndarray, list[MicroBatch]]:
+        """Every row at the prefilter exit; the best `top_k` resumed from that layer's hidden states to the request's.
+
+        Only the running best `top_k` rows' hidden states are kept between micro-batches, so memory
+        stays bounded by `top_k` rows plus one micro-batch. Ties keep the earlier document.
+        """
+        logits = np.empty(len(rows), dtype=np.float32)
+        kept: dict[int, torch.Tensor] = {}
+        batches = self._plan(rows, [prefilter.layer] * len(rows))
+        for batch in batches:
+            chosen = list(batch.indices)
+            logits[chosen], hidden = self.reranker.prefilter(
+                np.concatenate([rows[i] for i in chosen]),
+                [len(rows[i]) for i in chosen],
+                prefilter.layer,
+                [prefilter.dim] * len(chosen),
+            )
+            kept.update(zip(chosen, hidden, strict=True))
+            best = sorted(kept, key=lambda i: (-logits[i], i))[: prefilter.top_k]
+            # Clone this batch's survivors so the batch's hidden-state tensor can be freed.
+            in_batch = set(chosen)
+            kept = {i: kept[i].clone() if i in in_batch else kept[i] for i in best}
+        finalists = sorted(kept)
+        deep = self._plan([rows[i] for i in finalists], [options.layer] * len(finalists))
+        for batch in deep:
+            chosen = [finalists[j] for j in batch.indices]
+            logits[chosen] = self.reranker.continue_logits(
+                [kept[i] for i in chosen], prefilter.layer, options.layer, [options.dim] * len(chosen)
+            )
+        exit_layers = np.full(len(rows), prefilter.layer, dtype=np.int32)
+        exit_layers[finalists] = options.layer
+        return logits, exit_layers, batches + deep

@@ -5,6 +5,7 @@
     locust -f tests/load/locustfile.py ... GrpcRerankUser             # one protocol
 
 gRPC users reach `--grpc-host` (or $RERANK_GRPC_URL), by default the HTTP host with port + 1.
+Exit layers and head widths come from the server (`describe()`), so any checkpoint works as is.
 Three layers: `TimedRerankClient` reports each call to Locust -> `RerankUser` holds one ->
 `HttpRerankUser` / `GrpcRerankUser` run the scenarios.
 """
@@ -29,12 +30,6 @@ grpc_gevent.init_gevent()  # gRPC's blocking calls must yield to Locust's greenl
 def _add_options(parser: Any) -> None:
     parser.add_argument("--grpc-host", env_var="RERANK_GRPC_URL", default="", help="grpc://host:port for gRPC users")
     parser.add_argument("--model-name", default="rerank", help="Triton model to call")
-    parser.add_argument("--layers", default="3,6,11,22", help="exit layers of the served checkpoint, for 'matryoshka'")
-    parser.add_argument("--dims", default="64,128,256,512,768", help="head widths of the served checkpoint")
-
-
-def _integers(text_list: str) -> list[int]:
-    return [int(item) for item in text_list.split(",") if item.strip()]
 
 
 class TimedRerankClient:
@@ -86,9 +81,8 @@ class RerankUser(User):
         self.rng = random.Random()
         self.client = TimedRerankClient(self.url(), model, self.protocol)
         self.client.client.wait_until_ready(timeout=60)
-        layers = _integers(options.layers) if options else [None]
-        dims = _integers(options.dims) if options else [None]
-        self.exits = [(layer, dim) for layer in layers for dim in dims]
+        self.served = self.client.client.describe()
+        self.exits = [(layer, dim) for layer in self.served.layer_indices for dim in self.served.dim_indices]
 
     def on_stop(self) -> None:
         self.client.close()
@@ -114,6 +108,15 @@ class RerankUser(User):
         layer, dim = self.rng.choice(self.exits)
         docs = [text(self.rng, self.rng.randint(10, 120)) for _ in range(10)]
         self.client.rerank(f"layer {layer} dim {dim}", text(self.rng, 6), docs, layer=layer, dim=dim)
+
+    @tag("cascade")
+    @task(1)
+    def cascade(self) -> None:
+        """30 documents at the shallowest exit, the best 5 continued to the deepest."""
+        layers = self.served.layer_indices
+        docs = [text(self.rng, self.rng.randint(10, 120)) for _ in range(30)]
+        options = {"layer": layers[-1], "prefilter_layer": layers[0], "prefilter_top_k": 5}
+        self.client.rerank("cascade", text(self.rng, 6), docs, **options)
 
     @tag("rag")
     @task(2)

@@ -28,7 +28,7 @@ def infer(protocol: str, url: str, query, documents, **parameters) -> dict[str, 
         result = client.infer(MODEL, _inputs(module, query, documents), parameters=parameters or None)
     finally:
         client.close()
-    return {name: result.as_numpy(name) for name in ("scores", "num_tokens", "truncated")}
+    return {name: result.as_numpy(name) for name in ("scores", "num_tokens", "truncated", "exit_layer")}
 
 
 def library_scores(reranker, pair_tokenizer, query, documents, layer=None, dim=None, normalize=True, max_length=32768):

@@ -108,7 +108,7 @@ def test_cli_prints_the_ranking(server):
     )
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert lines[0].split() == ["rank", "score", "index", "tokens", "document"]
+    assert lines[0].split() == ["rank", "score", "index", "tokens", "exit", "document"]
     assert len(lines) == 3 and {line.split()[2] for line in lines[1:]} == {"0", "1"}
 
 

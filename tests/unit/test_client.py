@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from mmrerank_client import (
     RerankClient,
     RerankError,
     RerankTimeoutError,
+    ServedModel,
     ServerOverloadedError,
     ServerUnavailableError,
 )
@@ -43,6 +45,7 @@ class FakeServer:
         self.error = None
         self.opened = 0
         self.closed = 0
+        self.delay = 0.0
 
     def result_for(self, inputs):
         documents = inputs[1]._data
@@ -52,6 +55,7 @@ class FakeServer:
                 "scores": lengths / 100,
                 "num_tokens": lengths.astype(np.int32) + 3,
                 "truncated": lengths > 20,
+                "exit_layer": np.full(len(documents), 6, dtype=np.int32),
             }
         )
 
@@ -65,6 +69,7 @@ class FakeServer:
 
             def _call(self, model, inputs, **kwargs):
                 server.calls.append({"model": model, "inputs": inputs, **kwargs})
+                time.sleep(server.delay)
                 if server.error is not None:
                     raise server.error
                 return server.result_for(inputs)
@@ -271,9 +276,10 @@ def test_score_takes_typed_options_and_refuses_rerank_only_ones(fake):
 
 
 def test_close_closes_the_connections_of_score_pairs_worker_threads(fake):
+    fake.delay = 0.1  # long enough that every worker thread takes a query and opens its own connection
     client = RerankClient("http://h")
     client.score_pairs([(f"q{i}", "doc") for i in range(6)], max_concurrency=3)
-    assert fake.opened >= 2
+    assert fake.opened == 3
     client.close()
     assert fake.closed == fake.opened
 
@@ -300,3 +306,46 @@ def test_the_api_key_travels_as_a_header(fake):
         None,
         {"x-api-key": "secret"},
     ]
+
+
+def test_a_cascade_ranks_continued_documents_first_and_sends_its_parameters(fake):
+    fake.result_for = lambda inputs: FakeResult(
+        {
+            "scores": np.array([0.9, 0.2, 0.6, 0.4], dtype=np.float32),
+            "num_tokens": np.array([5, 6, 7, 8], dtype=np.int32),
+            "truncated": np.zeros(4, dtype=bool),
+            "exit_layer": np.array([3, 22, 3, 22], dtype=np.int32),
+        }
+    )
+    response = RerankClient("grpc://h").rerank(
+        "q", ["a", "b", "c", "d"], layer=22, prefilter_layer=3, prefilter_dim=64, prefilter_top_k=2
+    )
+    assert [(r.index, r.exit_layer) for r in response] == [(3, 22), (1, 22), (0, 3), (2, 3)]
+    assert fake.calls[-1]["parameters"] == {
+        "normalize": True, "truncate": True, "layer": 22, "prefilter_layer": 3, "prefilter_dim": 64,
+        "prefilter_top_k": 2,
+    }  # fmt: skip
+
+
+def test_describe_reads_the_served_checkpoint_from_the_model_config(monkeypatch):
+    parameters = {
+        "checkpoint": "demo-tiny", "layer_indices": "1,2,4,6", "dim_indices": "8,16,32,64,128",
+        "default_layer": "6", "default_dim": "128", "max_tokens_per_pair": "32768", "max_documents": "1000",
+        "request_parameters": "layer,dim",
+    }  # fmt: skip
+    config = {"name": "rerank", "parameters": {key: {"string_value": value} for key, value in parameters.items()}}
+
+    class Grpc:
+        def __init__(self, address, **kwargs):
+            pass
+
+        def get_model_config(self, model, headers=None, as_json=False, client_timeout=None):
+            assert model == "rerank" and as_json
+            return {"config": config}
+
+    monkeypatch.setattr(sync_module.grpcclient, "InferenceServerClient", Grpc)
+    served = RerankClient("grpc://h").describe()
+    assert served == ServedModel("demo-tiny", (1, 2, 4, 6), (8, 16, 32, 64, 128), 6, 128, 32768, 1000, ("layer", "dim"))
+    config["parameters"] = {}
+    with pytest.raises(RerankError, match="does not describe its checkpoint.*mmrerank launcher"):
+        RerankClient("grpc://h").describe()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from mmrerank.launch import launcher
+from mmrerank.launch.repository import RepositoryError, config_parameters, materialize
 from mmrerank.launch.supervisor import LaunchError, child_states
+from mmrerank.serving.contract import PARAMETERS
 
 
 def command(tmp_path, monkeypatch, *argv, env=None):
@@ -63,7 +66,36 @@ def test_an_unusable_checkpoint_fails_before_starting_triton(tmp_path, make, mes
 
 
 def test_a_checkpoint_directory_resolves(tiny_checkpoint):
-    assert launcher.resolve_checkpoint(str(tiny_checkpoint)) == tiny_checkpoint.resolve()
+    assert launcher.resolve_checkpoint(str(tiny_checkpoint)).directory == tiny_checkpoint.resolve()
+
+
+def test_the_served_repository_carries_the_checkpoints_facts(tiny_checkpoint, tmp_path):
+    layout = launcher.resolve_checkpoint(str(tiny_checkpoint))
+    served = materialize(launcher.DEFAULT_MODEL_REPOSITORY, layout, tmp_path / "repo", "cpu")
+    facts = config_parameters((served / "rerank" / "config.pbtxt").read_text())
+    assert facts == {
+        "checkpoint": "demo-tiny",
+        "layer_indices": "1,2,4,6",
+        "dim_indices": "8,16,32,64,128",
+        "default_layer": "6",
+        "default_dim": "128",
+        "max_tokens_per_pair": "32768",
+        "max_documents": "1000",
+        "request_parameters": ",".join(PARAMETERS),
+    }
+    assert (served / "reranker" / "configs" / "cpu.pbtxt").is_file()
+    assert (served / "tokenizer" / "1" / "model.py").read_text() == (
+        launcher.DEFAULT_MODEL_REPOSITORY / "tokenizer" / "1" / "model.py"
+    ).read_text()
+
+
+def test_a_repository_that_sets_a_fact_itself_is_refused(tiny_checkpoint, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(launcher.DEFAULT_MODEL_REPOSITORY, source)
+    config = source / "rerank" / "config.pbtxt"
+    config.write_text(config.read_text() + 'parameters [ { key: "layer_indices" value: { string_value: "3" } } ]\n')
+    with pytest.raises(RepositoryError, match="already sets layer_indices"):
+        materialize(source, launcher.resolve_checkpoint(str(tiny_checkpoint)), tmp_path / "served", None)
 
 
 def test_a_killed_child_shows_as_a_zombie_until_reaped():

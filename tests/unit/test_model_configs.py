@@ -35,6 +35,7 @@ def test_the_ensemble_wires_the_public_contract():
         ("scores", [-1]),
         ("num_tokens", [-1]),
         ("truncated", [-1]),
+        ("exit_layer", [-1]),
     ]
     steps = [step.model_name for step in ensemble.ensemble_scheduling.step]
     assert steps == ["tokenizer", "reranker"]

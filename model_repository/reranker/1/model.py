@@ -78,9 +78,12 @@ class TritonPythonModel:
             for position in accepted:
                 responses[position] = _error("internal error while scoring", pb_utils.TritonError.INTERNAL)
             return responses
-        for position, values in zip(accepted, scored.scores, strict=True):
+        for position, values, exits in zip(accepted, scored.scores, scored.exit_layers, strict=True):
             responses[position] = pb_utils.InferenceResponse(
-                output_tensors=[pb_utils.Tensor("scores", values.reshape(1, -1))]
+                output_tensors=[
+                    pb_utils.Tensor("scores", values.reshape(1, -1)),
+                    pb_utils.Tensor("exit_layer", exits.reshape(1, -1)),
+                ]
             )
         self._record(prepared, scored)
         return responses
