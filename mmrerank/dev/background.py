@@ -33,6 +33,7 @@ class BackgroundServer:
     http_port: int
     grpc_port: int
     metrics_port: int
+    api_port: int
     log_path: Path
     process: subprocess.Popen[bytes]
 
@@ -40,6 +41,11 @@ class BackgroundServer:
     def http_url(self) -> str:
         """host:port of the HTTP endpoint."""
         return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def api_url(self) -> str:
+        """Base URL of the rerank API front."""
+        return f"http://127.0.0.1:{self.api_port}"
 
     @property
     def grpc_url(self) -> str:
@@ -76,16 +82,17 @@ def start_server(
     `launcher` replaces scripts/serve, e.g. `python -m mmrerank.launch.launcher` where no
     virtual environment may be created (a machine without internet).
     """
-    http, grpc, metrics = free_ports(3)
+    http, grpc, metrics, api = free_ports(4)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [*launcher, "--checkpoint", str(checkpoint), "--http-port", str(http),
-             "--grpc-port", str(grpc), "--metrics-port", str(metrics), *extra],
+             "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--api-port", str(api), *extra],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
         )  # fmt: skip
-    server = BackgroundServer(http, grpc, metrics, log_path, process)
+    server = BackgroundServer(http, grpc, metrics, api, log_path, process)
     try:
         wait_until_ready(process, f"http://{server.http_url}/v2/health/ready", ready_timeout)
+        wait_until_ready(process, f"{server.api_url}/openapi.json", ready_timeout, "rerank API front")
     except LaunchError as error:
         server.stop()
         raise LaunchError(f"{error}:\n{server.log_tail()}") from error

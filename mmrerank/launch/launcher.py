@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mmrerank.launch.repository import RepositoryError, materialize
-from mmrerank.launch.supervisor import LaunchError, Supervisor
+from mmrerank.launch.supervisor import Companion, LaunchError, Supervisor
 from mmrerank.layout import CheckpointError, CheckpointLayout
 from mmrerank.serving.settings import CHECKPOINT_ENV
 
@@ -144,6 +144,18 @@ def resolve_checkpoint(requested: str | None) -> CheckpointLayout:
         raise LaunchError(str(error)) from error
 
 
+def api_front(args: argparse.Namespace, host: str) -> Companion:
+    """The rerank API front as a supervised companion, talking to this server's gRPC port.
+
+    It reads the API key from the environment it inherits, never from its command line.
+    """
+    argv = [
+        sys.executable, "-m", "mmrerank.api", "--triton-grpc", f"{host}:{args.grpc_port}",
+        "--host", args.host, "--port", str(args.api_port), "--graceful-seconds", str(EXIT_TIMEOUT_SECONDS),
+    ]  # fmt: skip
+    return Companion("rerank API front", argv, dict(os.environ), f"http://{host}:{args.api_port}/openapi.json")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; anything after `--` goes to tritonserver unchanged."""
     parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
@@ -152,6 +164,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument(
+        "--api-port", type=int, default=8080, help="the rerank API front (Cohere/Jina and TEI routes); 0 turns it off"
+    )
     parser.add_argument(
         "--device",
         choices=("auto", "cpu", "gpu"),
@@ -201,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
             ready_url=f"http://{host}:{args.http_port}/v2/health/ready",
             ready_timeout=args.ready_timeout,
             exit_timeout=EXIT_TIMEOUT_SECONDS + 10,
+            companions=[api_front(args, host)] if args.api_port else [],
         )
         signal.signal(signal.SIGTERM, supervisor.stop)
         signal.signal(signal.SIGINT, supervisor.stop)
@@ -210,7 +226,13 @@ def run(args: argparse.Namespace) -> int:
                 "ready: HTTP http://%s:%d  gRPC %s:%d  metrics http://%s:%d/metrics  (model 'rerank')",
                 host, args.http_port, host, args.grpc_port, host, args.metrics_port,
             )  # fmt: skip
-            return supervisor.supervise()
+            if args.api_port:
+                LOGGER.info(
+                    "rerank API: http://%s:%d/v1/rerank, /v2/rerank, /rerank (docs at /docs)", host, args.api_port
+                )
+            status = supervisor.supervise()
+            supervisor.finish(grace=EXIT_TIMEOUT_SECONDS)
+            return status
         except LaunchError:
             if supervisor.stopping:
                 return 0

@@ -48,12 +48,12 @@ def describe(pid: int) -> str:
     return argv[1].decode(errors="replace") if len(argv) > 1 and argv[1] else argv[0].decode(errors="replace")
 
 
-def wait_until_ready(process: subprocess.Popen[bytes], url: str, timeout: float) -> None:
-    """Poll Triton's readiness endpoint until it answers 200, the process dies, or time runs out."""
+def wait_until_ready(process: subprocess.Popen[bytes], url: str, timeout: float, name: str = "tritonserver") -> None:
+    """Poll a readiness endpoint until it answers 200, the process dies, or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise LaunchError(f"tritonserver exited with status {process.returncode} before becoming ready")
+            raise LaunchError(f"{name} exited with status {process.returncode} before becoming ready")
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -61,7 +61,39 @@ def wait_until_ready(process: subprocess.Popen[bytes], url: str, timeout: float)
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.5)
-    raise LaunchError(f"tritonserver was not ready within {timeout:.0f} s")
+    raise LaunchError(f"{name} was not ready within {timeout:.0f} s")
+
+
+class Companion:
+    """A process that serves beside tritonserver (the rerank API front), started once Triton is ready."""
+
+    def __init__(self, name: str, argv: Sequence[str], env: Mapping[str, str], ready_url: str) -> None:
+        self.name, self.argv, self.env, self.ready_url = name, list(argv), dict(env), ready_url
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float) -> None:
+        """Start it and wait until its readiness URL answers 200."""
+        self.process = subprocess.Popen(self.argv, env=self.env)
+        wait_until_ready(self.process, self.ready_url, timeout, self.name)
+
+    def died(self) -> bool:
+        """Whether it was started and has exited since."""
+        return self.process is not None and self.process.poll() is not None
+
+    def signal_stop(self) -> None:
+        """Ask it to finish in-flight requests and exit."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait_or_kill(self, grace: float) -> None:
+        """Wait for it to exit; kill it after `grace` seconds."""
+        if self.process is None:
+            return
+        try:
+            self.process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
 
 
 class Supervisor:
@@ -76,8 +108,10 @@ class Supervisor:
         exit_timeout: float,
         max_restarts: int = 3,
         restart_window: float = 600.0,
+        companions: Sequence[Companion] = (),
     ) -> None:
         self.argv, self.env = list(argv), dict(env)
+        self.companions = list(companions)
         self.ready_url, self.ready_timeout, self.exit_timeout = ready_url, ready_timeout, exit_timeout
         self.max_restarts, self.restart_window = max_restarts, restart_window
         self.process: subprocess.Popen[bytes] | None = None
@@ -85,10 +119,13 @@ class Supervisor:
         self.restarts: list[float] = []
 
     def start(self) -> None:
-        """Start tritonserver and wait until it reports ready."""
+        """Start tritonserver and wait until it reports ready, then any companion not yet running."""
         self.process = subprocess.Popen(self.argv, env=self.env)
         try:
             wait_until_ready(self.process, self.ready_url, self.ready_timeout)
+            for companion in self.companions:
+                if companion.process is None or companion.died():
+                    companion.start(self.ready_timeout)
         except LaunchError:
             if not self.stopping:
                 self._terminate(self.exit_timeout)
@@ -98,6 +135,8 @@ class Supervisor:
         """Signal handler: ask tritonserver to finish in-flight requests and exit."""
         self.stopping = True
         LOGGER.info("stopping tritonserver (%s); in-flight requests finish first", signal.Signals(signum).name)
+        for companion in self.companions:
+            companion.signal_stop()
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
 
@@ -127,6 +166,8 @@ class Supervisor:
                 pass
             if self.stopping:
                 continue
+            if not self._companions_alive():
+                return 1
             children = child_states(self.process.pid)
             # A stub that vanished since the last look, or one that died before the first look
             # (tritonserver leaves it a zombie): either way its model can no longer answer.
@@ -148,11 +189,30 @@ class Supervisor:
             LOGGER.info("tritonserver ready again after restart %d", len(self.restarts))
             stubs = self._live_stubs()
 
+    def _companions_alive(self) -> bool:
+        """Restart a companion that died; False once the restart budget is spent."""
+        for companion in self.companions:
+            if not companion.died():
+                continue
+            LOGGER.error("%s exited with status %s; restarting it", companion.name, companion.process.returncode)
+            if not self._may_restart():
+                LOGGER.error("giving up after %d restarts within %.0f s", self.max_restarts, self.restart_window)
+                return False
+            companion.start(self.ready_timeout)
+        return True
+
+    def finish(self, grace: float) -> None:
+        """After tritonserver has exited: let the companions finish their in-flight requests."""
+        for companion in self.companions:
+            companion.signal_stop()
+            companion.wait_or_kill(grace)
+
     def _live_stubs(self) -> dict[int, str]:
         assert self.process is not None
         return {pid: describe(pid) for pid, state in child_states(self.process.pid).items() if state != "Z"}
 
     def kill_if_running(self) -> None:
         """Last resort on the way out."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
+        for process in [self.process, *(companion.process for companion in self.companions)]:
+            if process is not None and process.poll() is None:
+                process.kill()

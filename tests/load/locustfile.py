@@ -4,7 +4,8 @@
     locust -f tests/load/locustfile.py ... --tags matryoshka          # one scenario
     locust -f tests/load/locustfile.py ... GrpcRerankUser             # one protocol
 
-gRPC users reach `--grpc-host` (or $RERANK_GRPC_URL), by default the HTTP host with port + 1.
+gRPC users reach `--grpc-host` (or $RERANK_GRPC_URL), by default the HTTP host with port + 1;
+rerank-API users reach `--api-host` (or $RERANK_API_URL), by default the HTTP host on port 8080.
 Exit layers and head widths come from the server (`describe()`), so any checkpoint works as is.
 Three layers: `TimedRerankClient` reports each call to Locust -> `RerankUser` holds one ->
 `HttpRerankUser` / `GrpcRerankUser` run the scenarios.
@@ -18,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import grpc.experimental.gevent as grpc_gevent
-from locust import User, between, events, tag, task
+from locust import FastHttpUser, User, between, events, tag, task
 
 from mmrerank.dev.corpus import LANGUAGES, text
 from mmrerank_client import RerankClient, RerankError
@@ -30,6 +31,7 @@ grpc_gevent.init_gevent()  # gRPC's blocking calls must yield to Locust's greenl
 def _add_options(parser: Any) -> None:
     parser.add_argument("--grpc-host", env_var="RERANK_GRPC_URL", default="", help="grpc://host:port for gRPC users")
     parser.add_argument("--model-name", default="rerank", help="Triton model to call")
+    parser.add_argument("--api-host", env_var="RERANK_API_URL", default="", help="http://host:port of the rerank API")
 
 
 class TimedRerankClient:
@@ -139,3 +141,33 @@ class GrpcRerankUser(RerankUser):
     """Calls over gRPC."""
 
     protocol = "grpc"
+
+
+class RerankApiUser(FastHttpUser):
+    """Calls the rerank API front the way RAG frameworks do: Cohere v2 and TEI shapes."""
+
+    wait_time = between(0.0, 0.05)
+
+    def on_start(self) -> None:
+        self.rng = random.Random()
+        options = self.environment.parsed_options
+        if options and options.api_host:
+            self.client.base_url = options.api_host.rstrip("/")
+        else:
+            parts = urlsplit(self.host or "http://127.0.0.1:8000")
+            self.client.base_url = f"http://{parts.hostname}:8080"
+
+    @tag("api")
+    @task(2)
+    def cohere_v2(self) -> None:
+        """Cohere v2 shape, 10 short documents, the best 3."""
+        body = {"model": "mmrerank", "query": text(self.rng, 6), "documents": [text(self.rng, 9) for _ in range(10)],
+                "top_n": 3}  # fmt: skip
+        self.client.post("/v2/rerank", json=body, name="api /v2/rerank")
+
+    @tag("api")
+    @task(1)
+    def tei(self) -> None:
+        """TEI shape, 10 short texts."""
+        body = {"query": text(self.rng, 6), "texts": [text(self.rng, 9) for _ in range(10)], "truncate": True}
+        self.client.post("/rerank", json=body, name="api /rerank")

@@ -14,8 +14,8 @@ def test_short_headless_run_has_no_failures(server, tmp_path):
     prefix = tmp_path / "run"
     command = [
         sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-        "--host", f"http://{server.http_url}", "--grpc-host", f"grpc://{server.grpc_url}",
-        "-u", "6", "-r", "6", "-t", "20s", "--stop-timeout", "30", "--csv", str(prefix), "--exit-code-on-error", "1",
+        "--host", f"http://{server.http_url}", "--grpc-host", f"grpc://{server.grpc_url}", "--api-host", server.api_url,
+        "-u", "9", "-r", "9", "-t", "25s", "--stop-timeout", "30", "--csv", str(prefix), "--exit-code-on-error", "1",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -24,6 +24,6 @@ def test_short_headless_run_has_no_failures(server, tmp_path):
     total = rows[("", "Aggregated")]
     assert int(total["Request Count"]) > 10
     assert int(total["Failure Count"]) == 0
-    assert {kind for kind, _ in rows} >= {"http", "grpc"}
-    assert {name for _, name in rows} >= {"short", "rag", "cascade"}
+    assert {kind for kind, _ in rows} >= {"http", "grpc", "POST"}
+    assert {name for _, name in rows} >= {"short", "rag", "cascade", "api /v2/rerank", "api /rerank"}
     assert any(name.startswith("layer 1 dim ") for _, name in rows)  # the tiny checkpoint's exits, read from it

@@ -1,0 +1,50 @@
+"""Run the rerank API front: `python -m mmrerank.api --triton-grpc HOST:PORT [--host H] [--port P]`.
+
+The API key comes from $MMRERANK_API_KEY, never from the command line, so it is not visible in
+process listings; the launcher starts this beside tritonserver.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import uvicorn
+
+from mmrerank.api.app import create_app
+from mmrerank.api.triton import TritonReranker
+
+API_KEY_ENV = "MMRERANK_API_KEY"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(prog="mmrerank-api", description=__doc__.splitlines()[0])
+    parser.add_argument("--triton-grpc", required=True, help="host:port of Triton's gRPC endpoint")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per rerank request (then 504)")
+    parser.add_argument("--max-body-bytes", type=int, default=64 * 2**20, help="larger request bodies get 413")
+    parser.add_argument("--graceful-seconds", type=float, default=30.0, help="in-flight requests' time on SIGTERM")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve until SIGTERM or Ctrl-C; in-flight requests finish first."""
+    args = parse_args(argv)
+    api_key = os.environ.get(API_KEY_ENV) or None
+    app = create_app(TritonReranker(args.triton_grpc, api_key, args.timeout), api_key, args.max_body_bytes)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        timeout_graceful_shutdown=int(args.graceful_seconds),
+        timeout_keep_alive=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

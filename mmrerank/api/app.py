@@ -1,0 +1,262 @@
+"""The rerank API front: the routes RAG frameworks call, translated to the `rerank` ensemble over gRPC.
+
+FastAPI on uvicorn: request shapes are pydantic models, so the OpenAPI page (`/docs`,
+`/openapi.json`) documents exactly what is accepted; every error answers `{"message": ...}`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+from fastapi import Body, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mmrerank import __version__
+from mmrerank.api.shapes import (
+    CohereRequest,
+    CohereResponse,
+    CohereResult,
+    CohereV2Request,
+    Document,
+    ErrorBody,
+    ModelCard,
+    ModelList,
+    TeiRequest,
+    TeiResult,
+    Usage,
+)
+from mmrerank.api.triton import TritonReranker, UpstreamError
+from mmrerank.serving.contract import quote
+
+RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
+RETRY_AFTER_SECONDS = "1"
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody} for status in (400, 401, 413, 422, 503, 504)
+}  # fmt: skip
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets 413 before the app reads it whole."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _BodyTooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = error_response(413, f"the request body is over the {self.max_bytes}-byte limit")
+        await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    """Raised inside the body stream when it passes the limit."""
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    """`{"message": ...}` with this status."""
+    return JSONResponse({"message": message}, status_code=status, headers=headers)
+
+
+def validation_message(errors: list[Any]) -> tuple[int, str]:
+    """The status and a one-line message for pydantic's or FastAPI's validation errors."""
+    first = errors[0] if errors else {}
+    if first.get("type") == "json_invalid":
+        return 400, "the request body is not valid JSON"
+    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+    if first.get("type") == "extra_forbidden":
+        return 422, f"unknown field {quote(where)}"
+    return 422, f"field {quote(where)}: {first.get('msg', 'invalid')}"
+
+
+def answer(content: BaseModel | list[TeiResult]) -> JSONResponse:
+    """A 200 with the shape's JSON, fields that are None left out."""
+    if isinstance(content, list):
+        return JSONResponse([item.model_dump(exclude_none=True) for item in content])
+    return JSONResponse(content.model_dump(exclude_none=True))
+
+
+def key_matches(headers: dict[bytes, bytes], api_key: str) -> bool:
+    """`Authorization: Bearer <key>` (what Open WebUI, Dify and RAGFlow send) or `x-api-key: <key>`."""
+    authorization = headers.get(b"authorization", b"")
+    offered = authorization[7:] if authorization[:7].lower() == b"bearer " else headers.get(b"x-api-key")
+    return offered is not None and hmac.compare_digest(offered, api_key.encode())
+
+
+class RequireKey:
+    """ASGI middleware: the rerank routes answer 401 without the API key; health, models and docs stay open."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app, self.api_key = app, api_key
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] in RERANK_PATHS:
+            if not key_matches(dict(scope.get("headers", [])), self.api_key):
+                response = error_response(401, "missing or wrong API key", {"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(triton: TritonReranker, api_key: str | None = None, max_body_bytes: int = 64 * 2**20) -> FastAPI:
+    """The ASGI app; `api_key` (from MMRERANK_API_KEY) guards the rerank routes when set."""
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await triton.close()
+
+    app = FastAPI(
+        title="mmrerank rerank API",
+        version=__version__,
+        description="Cohere/Jina- and TEI-shaped rerank routes in front of the Triton `rerank` model.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    facts: dict[str, str] = {}
+
+    if api_key:
+        app.add_middleware(RequireKey, api_key=api_key)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request: Request, error: RequestValidationError) -> JSONResponse:
+        return error_response(*validation_message(list(error.errors())))
+
+    @app.exception_handler(UpstreamError)
+    async def upstream(_request: Request, error: UpstreamError) -> JSONResponse:
+        headers = {"Retry-After": RETRY_AFTER_SECONDS} if error.status == 503 else None
+        return error_response(error.status, error.message, headers)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
+        return error_response(error.status_code, str(error.detail))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, _error: Exception) -> JSONResponse:
+        return error_response(500, "internal error")
+
+    async def served_facts() -> dict[str, str]:
+        """The served checkpoint's facts from the `rerank` model's configuration, read once."""
+        if not facts:
+            config = await triton.model_config()
+            parameters = config.get("parameters", {})
+            facts.update({key: str(value.get("string_value", "")) for key, value in parameters.items()})
+        return facts
+
+    async def cohere(request: CohereV2Request, version: str, return_documents: bool) -> CohereResponse:
+        parameters = request.parameters()
+        if request.truncate is not None:
+            parameters["truncate"] = request.truncate
+        if request.max_tokens_per_doc is not None and "max_length" not in parameters:
+            # The server's limit counts the whole pair; it never cuts the query.
+            cap = int((await served_facts()).get("max_tokens_per_pair", request.max_tokens_per_doc))
+            parameters["max_length"] = min(request.max_tokens_per_doc, cap)
+        texts = request.texts()
+        ranking = await triton.rank(request.query, texts, parameters)
+        results = [
+            CohereResult(
+                index=i,
+                relevance_score=float(ranking.scores[i]),
+                document=Document(text=texts[i]) if return_documents else None,
+            )
+            for i in ranking.order()[: request.top_n]
+        ]
+        total = int(ranking.num_tokens.sum())
+        meta: dict[str, Any] = {"api_version": {"version": version}, "billed_units": {"search_units": 1}}
+        if version == "2":
+            meta["tokens"] = {"input_tokens": total}
+        model = request.model or (await served_facts()).get("checkpoint", "mmrerank")
+        return CohereResponse(id=str(uuid.uuid4()), model=model, results=results, usage=Usage(total_tokens=total),
+                              meta=meta)  # fmt: skip
+
+    async def tei(request: TeiRequest) -> list[TeiResult]:
+        parameters = {**request.parameters(), "truncate": request.truncate}
+        if request.raw_scores and "normalize" not in parameters:
+            parameters["normalize"] = False
+        ranking = await triton.rank(request.query, request.texts, parameters)
+        return [
+            TeiResult(index=i, score=float(ranking.scores[i]), text=request.texts[i] if request.return_text else None)
+            for i in ranking.order()
+        ]
+
+    # The answers are built from the shapes above and sent as they are; the shapes document them.
+    cohere_answer = {200: {"model": CohereResponse}, **ERRORS}
+
+    @app.post("/v1/rerank", response_class=JSONResponse, responses=cohere_answer)
+    async def rerank_v1(request: CohereRequest) -> JSONResponse:
+        """Cohere v1 / Jina shape; `relevance_score` is the sigmoid score, results best first."""
+        return answer(await cohere(request, "1", request.return_documents))
+
+    @app.post("/v2/rerank", response_class=JSONResponse, responses=cohere_answer)
+    async def rerank_v2(request: CohereV2Request) -> JSONResponse:
+        """Cohere v2 shape (what `cohere.ClientV2.rerank` calls): no documents echoed back."""
+        return answer(await cohere(request, "2", False))
+
+    @app.post(
+        "/rerank",
+        response_class=JSONResponse,
+        responses={200: {"model": list[TeiResult] | CohereResponse}, **ERRORS},
+    )
+    async def rerank_by_shape(body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+        """TEI's shape when the body has `texts`, Cohere v1's when it has `documents`."""
+        try:
+            if "texts" in body:
+                return answer(await tei(TeiRequest.model_validate(body)))
+            if "documents" in body:
+                request = CohereRequest.model_validate(body)
+                return answer(await cohere(request, "1", request.return_documents))
+        except ValidationError as error:
+            status, message = validation_message(list(error.errors()))
+            raise HTTPException(status, message) from error
+        raise HTTPException(422, "send 'texts' (the TEI shape) or 'documents' (the Cohere shape)")
+
+    @app.get("/health", responses={503: {"model": ErrorBody}})
+    async def health() -> JSONResponse:
+        """200 when Triton's `rerank` model is ready, else 503."""
+        if await triton.ready():
+            return JSONResponse({"status": "ready"})
+        return error_response(503, "the reranker is not ready", {"Retry-After": RETRY_AFTER_SECONDS})
+
+    @app.get("/v1/models", response_model=ModelList)
+    async def models() -> ModelList:
+        """The served checkpoint, with its exits and caps."""
+        served = await served_facts()
+        card = ModelCard(
+            id=served["checkpoint"],
+            layer_indices=json.loads(f"[{served['layer_indices']}]"),
+            dim_indices=json.loads(f"[{served['dim_indices']}]"),
+            max_tokens_per_pair=int(served["max_tokens_per_pair"]),
+            max_documents=int(served["max_documents"]),
+        )
+        return ModelList(data=[card])
+
+    return app

@@ -1,0 +1,142 @@
+"""Request and response shapes of the rerank API front: Cohere/Jina (`/v1/rerank`, `/v2/rerank`) and TEI (`/rerank`).
+
+Unknown fields are refused, as the Triton path refuses unknown parameters. The optional fields
+`layer`, `dim`, `normalize`, `max_length`, `truncate` and `prefilter_*` pass through to the
+`rerank` model as request parameters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class Document(BaseModel):
+    """A document given as an object (Cohere v1, Jina)."""
+
+    model_config = ConfigDict(extra="forbid")
+    text: str
+
+
+class Passthrough(BaseModel):
+    """The `rerank` model's own request parameters, accepted by every route."""
+
+    model_config = ConfigDict(extra="forbid")
+    layer: int | None = None
+    dim: int | None = None
+    normalize: bool | None = None
+    max_length: int | None = None
+    prefilter_layer: int | None = None
+    prefilter_dim: int | None = None
+    prefilter_top_k: int | None = None
+
+    def parameters(self) -> dict[str, Any]:
+        """The fields that were given, as Triton request parameters."""
+        return {name: value for name, value in self.model_dump(include=set(Passthrough.model_fields)).items()
+                if value is not None}  # fmt: skip
+
+
+class CohereV2Request(Passthrough):
+    """Cohere v2 (`ClientV2.rerank`): `{model, query, documents, top_n, max_tokens_per_doc}`."""
+
+    model: str | None = None
+    query: str
+    documents: list[str | Document] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=1)
+    max_tokens_per_doc: int | None = Field(default=None, ge=1)
+    rank_fields: list[str] | None = None  # Cohere v1 (structured documents); only "text" is meaningful here
+    priority: int | None = None  # Cohere's scheduling hint; accepted and not used
+    truncate: bool | None = None
+
+    @field_validator("rank_fields")
+    @classmethod
+    def _only_text(cls, value: list[str] | None) -> list[str] | None:
+        if value not in (None, [], ["text"]):
+            raise ValueError("only the 'text' field of a document is ranked")
+        return value
+
+    def texts(self) -> list[str]:
+        """The documents as plain strings."""
+        return [document if isinstance(document, str) else document.text for document in self.documents]
+
+
+class CohereRequest(CohereV2Request):
+    """Cohere v1 / Jina: the v2 shape plus `return_documents`."""
+
+    return_documents: bool = False
+
+
+class TeiRequest(Passthrough):
+    """text-embeddings-inference: `{query, texts, raw_scores, return_text, truncate, truncation_direction}`."""
+
+    query: str
+    texts: list[str] = Field(min_length=1)
+    raw_scores: bool = False
+    return_text: bool = False
+    truncate: bool = False
+    truncation_direction: str = "right"
+
+    @field_validator("truncation_direction")
+    @classmethod
+    def _right_only(cls, value: str) -> str:
+        if value.lower() != "right":
+            raise ValueError("only 'right' is supported: the document is cut at its end, never the query")
+        return value
+
+
+class CohereResult(BaseModel):
+    """One ranked document."""
+
+    index: int
+    relevance_score: float
+    document: Document | None = None
+
+
+class Usage(BaseModel):
+    """Tokens scored (query and document of every pair, special tokens included)."""
+
+    total_tokens: int
+
+
+class CohereResponse(BaseModel):
+    """Results by descending score, with usage and Cohere's `meta`."""
+
+    id: str
+    model: str
+    results: list[CohereResult]
+    usage: Usage
+    meta: dict[str, Any]
+
+
+class TeiResult(BaseModel):
+    """One ranked text (TEI)."""
+
+    index: int
+    score: float
+    text: str | None = None
+
+
+class ModelCard(BaseModel):
+    """One entry of `GET /v1/models`."""
+
+    id: str
+    object: str = "model"
+    owned_by: str = "mmrerank"
+    layer_indices: list[int]
+    dim_indices: list[int]
+    max_tokens_per_pair: int
+    max_documents: int
+
+
+class ModelList(BaseModel):
+    """`GET /v1/models`."""
+
+    object: str = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    """Every error: a message that says what was wrong."""
+
+    message: str

@@ -1,0 +1,148 @@
+"""The rerank API front beside a real tritonserver, driven by clients this project did not write."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import cohere
+import numpy as np
+import pytest
+from helpers import assert_close, infer
+from langchain_cohere import CohereRerank
+from langchain_core.documents import Document
+
+from mmrerank.dev.background import start_server
+from mmrerank.dev.corpus import text
+
+QUERY = "where does the river meet the city library"
+
+
+@pytest.fixture(scope="module")
+def documents() -> list[str]:
+    rng = random.Random(31)
+    return [text(rng, n) for n in (5, 80, 20, 150, 40, 9)]
+
+
+def post(url: str, body: object, headers: dict[str, str] | None = None) -> tuple[int, object]:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json", **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+def test_the_cohere_sdk_gets_the_kserve_paths_scores(server, documents):
+    client = cohere.ClientV2(api_key="unused", base_url=server.api_url)
+    response = client.rerank(model="mmrerank", query=QUERY, documents=documents, top_n=4)
+    kserve = infer("grpc", server.grpc_url, QUERY, documents)["scores"]
+    order = sorted(range(len(documents)), key=lambda i: -kserve[i])[:4]
+    assert [result.index for result in response.results] == order
+    assert_close(np.array([r.relevance_score for r in response.results], dtype=np.float32), kserve[order])
+    assert response.meta.api_version.version == "2"
+
+
+def test_the_cohere_sdk_passes_layer_and_dim_through(server, documents):
+    client = cohere.ClientV2(api_key="unused", base_url=server.api_url)
+    response = client.rerank(model="mmrerank", query=QUERY, documents=documents, request_options={
+        "additional_body_parameters": {"layer": 2, "dim": 16}})  # fmt: skip
+    kserve = infer("http", server.http_url, QUERY, documents, layer=2, dim=16)["scores"]
+    by_index = {r.index: r.relevance_score for r in response.results}
+    assert_close(np.array([by_index[i] for i in range(len(documents))], dtype=np.float32), kserve)
+
+
+def test_langchains_cohere_rerank_compresses_documents(server, documents):
+    reranker = CohereRerank(
+        client=cohere.ClientV2(api_key="unused", base_url=server.api_url), model="mmrerank", top_n=2
+    )
+    kept = reranker.compress_documents(
+        [Document(page_content=d, metadata={"n": i}) for i, d in enumerate(documents)], QUERY
+    )
+    kserve = infer("grpc", server.grpc_url, QUERY, documents)["scores"]
+    best = sorted(range(len(documents)), key=lambda i: -kserve[i])[:2]
+    assert [doc.metadata["n"] for doc in kept] == best
+    assert [doc.metadata["relevance_score"] for doc in kept] == pytest.approx(kserve[best].tolist(), rel=1e-4)
+
+
+def test_v1_return_documents_top_n_and_the_tei_shape(server, documents):
+    status, answer = post(f"{server.api_url}/v1/rerank", {"model": "m", "query": QUERY, "documents": documents,
+                                                          "top_n": 3, "return_documents": True})  # fmt: skip
+    assert status == 200 and len(answer["results"]) == 3
+    assert all(r["document"]["text"] == documents[r["index"]] for r in answer["results"])
+    raw = infer("http", server.http_url, QUERY, documents, normalize=False)["scores"]
+    status, tei = post(f"{server.api_url}/rerank", {"query": QUERY, "texts": documents, "raw_scores": True})
+    assert status == 200 and [r["index"] for r in tei] == sorted(range(len(documents)), key=lambda i: -raw[i])
+    assert_close(np.array([r["score"] for r in sorted(tei, key=lambda r: r["index"])], dtype=np.float32), raw)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "message"),
+    [
+        ("/v2/rerank", {"query": QUERY, "documents": ["a"], "layer": 3}, 400, "'layer' must be one of [1, 2, 4, 6]"),
+        ("/rerank", {"query": QUERY, "texts": ["water " * 33000]}, 413, "over max_length=32768"),
+        ("/v2/rerank", {"query": QUERY, "documents": ["a"], "unknown": True}, 422, "unknown field 'unknown'"),
+    ],
+)
+def test_errors_through_the_real_server(server, path, body, status, message):
+    got, answer = post(server.api_url + path, body)
+    assert got == status and message in answer["message"] and "in ensemble" not in answer["message"]
+
+
+def test_health_and_models(server):
+    with urllib.request.urlopen(f"{server.api_url}/health", timeout=10) as response:
+        assert json.loads(response.read()) == {"status": "ready"}
+    with urllib.request.urlopen(f"{server.api_url}/v1/models", timeout=10) as response:
+        assert json.loads(response.read())["data"][0]["layer_indices"] == [1, 2, 4, 6]
+
+
+def test_the_api_key_guards_the_front_and_stays_off_command_lines(tiny_checkpoint, tmp_path, documents):
+    secret = "front-secret-7f3a"
+    server = start_server(tiny_checkpoint, tmp_path / "server.log", env={"MMRERANK_API_KEY": secret})
+    try:
+        body = {"model": "m", "query": QUERY, "documents": documents}
+        assert post(f"{server.api_url}/v2/rerank", body)[0] == 401
+        assert post(f"{server.api_url}/v2/rerank", body, {"Authorization": f"Bearer {secret}"})[0] == 200
+        client = cohere.ClientV2(api_key=secret, base_url=server.api_url)
+        assert len(client.rerank(model="m", query=QUERY, documents=documents).results) == len(documents)
+        front = [pid for pid in os.listdir("/proc") if pid.isdigit() and b"mmrerank.api" in _cmdline(pid)]
+        assert front and all(secret.encode() not in _cmdline(pid) for pid in front)
+    finally:
+        assert server.stop() == 0
+    assert secret not in Path(server.log_path).read_text(errors="replace")
+
+
+def _cmdline(pid: str) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def test_the_front_is_restarted_when_it_dies(tiny_checkpoint, tmp_path):
+    server = start_server(tiny_checkpoint, tmp_path / "server.log")
+    try:
+        front = [pid for pid in os.listdir("/proc") if pid.isdigit() and b"mmrerank.api" in _cmdline(pid)
+                 and f"{server.api_port}".encode() in _cmdline(pid)]  # fmt: skip
+        assert len(front) == 1
+        subprocess.run(["kill", "-9", front[0]], check=True)
+        for _ in range(60):
+            try:
+                with urllib.request.urlopen(f"{server.api_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            subprocess.run(["sleep", "0.5"], check=True)
+        status, _ = post(f"{server.api_url}/rerank", {"query": QUERY, "texts": ["a river"]})
+        assert status == 200
+        assert "rerank API front exited" in server.log_tail(200)
+    finally:
+        assert server.stop() == 0
