@@ -109,7 +109,7 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 def rotary_tables(
     length: int, head_dim: int, theta: float, dtype: torch.dtype, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cos and sin tables [length, head_dim] for positions 0..length-1, rounded to the model's dtype."""
+    """Cos and sin tables [length, head_dim] for positions 0..length-1, in `dtype`."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float, device=device) / head_dim))
     freqs = torch.arange(length, device=device, dtype=torch.float)[:, None] * inv_freq[None, :]
     angles = torch.cat((freqs, freqs), dim=-1)
@@ -156,10 +156,9 @@ class Encoder(nn.Module):
 
     def _run(self, hidden: torch.Tensor, rows: PackedRows, first: int, last: int, cls_only_last: bool) -> torch.Tensor:
         """Layers first+1..last (1-based) over packed `hidden`; with `cls_only_last` the last yields CLS rows only."""
-        dtype = self.final_norm.weight.dtype
-        tables = {}
+        tables = {}  # in fp32 whatever the model's dtype: rotation angles of 32K positions need the precision
         for theta in {self.config.global_rope_theta, self.config.local_rope_theta}:
-            cos, sin = rotary_tables(rows.max_length, self.config.head_dim, theta, dtype, hidden.device)
+            cos, sin = rotary_tables(rows.max_length, self.config.head_dim, theta, torch.float32, hidden.device)
             tables[theta] = (cos[rows.positions], sin[rows.positions])
         for index in range(first, last):
             layer = self.layers[index]
