@@ -16,8 +16,8 @@ from mmrerank.dev.background import start_server
 from mmrerank.layout import CheckpointLayout
 from mmrerank.model import MatryoshkaReranker
 from mmrerank.serving.contract import parse_options
+from mmrerank.serving.pair_tokenizer import PairTokenizer
 from mmrerank.serving.reranker_step import RerankerStep, ScoreRequest
-from mmrerank.serving.tokenizer_step import TokenizerStep
 from mmrerank_client import RerankClient
 
 
@@ -40,8 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     plain = {"layer": deep}
     cascade = {"layer": deep, "prefilter_layer": cheap, "prefilter_top_k": args.keep}
 
-    tokenizer = TokenizerStep(layout, max_documents=1000, max_tokens_per_pair=32768, max_text_bytes=4 * 2**20)
-    encoded = tokenizer.tokenizer.encode(query, documents, max_length=32768)
+    encoded = PairTokenizer.from_file(layout.tokenizer_file).encode(query, documents, max_length=32768)
     step = RerankerStep(MatryoshkaReranker.from_pretrained(layout, device="cpu"), max_batch_tokens=8192)
 
     def in_process(parameters: dict[str, int]) -> None:

@@ -35,7 +35,10 @@ def workload(count: int, documents: int, tokens: int, seed: int = 0) -> list[tup
 def in_process(checkpoint: Path, requests: list[tuple[str, list[str]]], max_batch_tokens: int) -> float:
     """Requests per second through TokenizerStep + RerankerStep, one request at a time, in this process."""
     layout = CheckpointLayout.open(checkpoint)
-    tokenize = TokenizerStep(layout, max_documents=1000, max_tokens_per_pair=32768, max_text_bytes=4 * 2**20)
+    tokenize = TokenizerStep(
+        layout, max_documents=1000, max_tokens_per_pair=32768, max_text_bytes=4 * 2**20,
+        max_request_tokens=2**18, max_request_bytes=2**25,
+    )  # fmt: skip
     score = RerankerStep(MatryoshkaReranker.from_pretrained(layout, device="cpu"), max_batch_tokens)
 
     def one(query: str, documents: list[str]) -> None:

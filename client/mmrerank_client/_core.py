@@ -153,6 +153,7 @@ def served_model(config: dict[str, Any]) -> ServedModel:
             default_dim=int(parameters["default_dim"]),
             max_tokens_per_pair=int(parameters["max_tokens_per_pair"]),
             max_documents=int(parameters["max_documents"]),
+            max_request_tokens=int(parameters["max_request_tokens"]),
             request_parameters=tuple(parameters["request_parameters"].split(",")),
         )
     except (KeyError, ValueError) as error:

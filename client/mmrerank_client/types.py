@@ -48,4 +48,5 @@ class ServedModel:
     default_dim: int
     max_tokens_per_pair: int  # the server's cap; longer pairs are cut (or refused with truncate=False)
     max_documents: int  # documents per request
+    max_request_tokens: int  # tokens of all of a request's pairs after truncation
     request_parameters: tuple[str, ...]  # parameter names the server accepts

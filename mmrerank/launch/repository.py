@@ -34,7 +34,7 @@ def tokenizer_settings(repository: Path, config_name: str | None) -> dict[str, s
     variant = repository / "tokenizer" / "configs" / f"{config_name}.pbtxt"
     path = variant if config_name and variant.is_file() else repository / "tokenizer" / "config.pbtxt"
     settings = config_parameters(path.read_text())
-    missing = [key for key in ("max_documents", "max_tokens_per_pair") if key not in settings]
+    missing = [key for key in ("max_documents", "max_tokens_per_pair", "max_request_tokens") if key not in settings]
     if missing:
         raise RepositoryError(f"{path} lacks the parameter(s) {', '.join(missing)}")
     return settings
@@ -53,6 +53,7 @@ def served_facts(layout: CheckpointLayout, tokenizer: dict[str, str]) -> dict[st
             min(int(tokenizer["max_tokens_per_pair"]), layout.encoder_config.max_position_embeddings)
         ),
         "max_documents": tokenizer["max_documents"],
+        "max_request_tokens": tokenizer["max_request_tokens"],
         "request_parameters": ",".join(PARAMETERS),
     }
 

@@ -26,7 +26,8 @@ class InvalidRequestError(ValueError):
     """The client sent something this service cannot score; the message is safe to return.
 
     `reason` is a short category for metrics: unknown_parameter, parameter_type, parameter_value,
-    document_count, text_size, not_utf8, query_too_long, pair_too_long, bad_tensor, bad_parameters.
+    document_count, text_size, request_bytes, request_tokens, not_utf8, query_too_long, pair_too_long,
+    bad_tensor, bad_parameters.
     """
 
     def __init__(self, message: str, reason: str) -> None:
@@ -180,4 +181,18 @@ def check_document_count(count: int, max_documents: int) -> None:
     if count > max_documents:
         raise InvalidRequestError(
             f"'documents' holds {count} documents; at most {max_documents} are allowed per request", "document_count"
+        )
+
+
+def check_request_bytes(query: np.ndarray, documents: np.ndarray, max_bytes: int) -> None:
+    """The query and documents together carry at most `max_bytes` bytes of text."""
+    total = sum(len(value) if isinstance(value, bytes) else len(str(value).encode()) for value in query.reshape(-1))
+    total += sum(
+        len(value) if isinstance(value, bytes) else len(str(value).encode()) for value in documents.reshape(-1)
+    )
+    if total > max_bytes:
+        raise InvalidRequestError(
+            f"the request carries {total} bytes of text; at most {max_bytes} are allowed per request "
+            "(max_request_bytes)",
+            "request_bytes",
         )

@@ -43,6 +43,19 @@ class RerankerStep:
         self.reranker = reranker
         self.max_batch_tokens = max_batch_tokens
 
+    def warm_up(self) -> int:
+        """Score one short pair at every exit layer, so no client request pays for first-call setup.
+
+        The Triton model runs this in `initialize`: the model reports ready only once it is warm.
+        Returns how many exits were run.
+        """
+        config, spec = self.reranker.config, self.reranker.spec
+        body = np.arange(5, 21, dtype=np.int32) % config.vocab_size
+        row = np.concatenate([[config.bos_token_id], body, [config.eos_token_id]]).astype(np.int32)
+        for layer in spec.layer_indices:
+            self.reranker.logits(row, [len(row)], layer, [spec.default_dim])
+        return len(spec.layer_indices)
+
     def prepare(self, input_ids: np.ndarray, lengths: np.ndarray, parameters: Mapping[str, object]) -> ScoreRequest:
         """Check one request's ragged row (ids end to end, per-pair lengths) and parameters.
 

@@ -7,7 +7,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from mmrerank.layout import CheckpointLayout
-from mmrerank.serving.contract import InvalidRequestError, check_document_count, decode_texts, parse_options
+from mmrerank.serving.contract import (
+    InvalidRequestError,
+    check_document_count,
+    check_request_bytes,
+    decode_texts,
+    parse_options,
+)
 from mmrerank.serving.pair_tokenizer import EncodedPairs, PairTokenizer, PairTooLongError, QueryTooLongError
 
 
@@ -15,11 +21,19 @@ class TokenizerStep:
     """Validates one request (parameters, documents, UTF-8) and encodes its (query, document) pairs."""
 
     def __init__(
-        self, layout: CheckpointLayout, max_documents: int, max_tokens_per_pair: int, max_text_bytes: int
+        self,
+        layout: CheckpointLayout,
+        max_documents: int,
+        max_tokens_per_pair: int,
+        max_text_bytes: int,
+        max_request_tokens: int,
+        max_request_bytes: int,
     ) -> None:
         self.spec = layout.spec
         self.max_documents = max_documents
         self.max_text_bytes = max_text_bytes
+        self.max_request_tokens = max_request_tokens
+        self.max_request_bytes = max_request_bytes
         self.max_tokens_per_pair = min(max_tokens_per_pair, layout.encoder_config.max_position_embeddings)
         self.tokenizer = PairTokenizer.from_file(layout.tokenizer_file)
 
@@ -29,11 +43,20 @@ class TokenizerStep:
         if query.size != 1:
             raise InvalidRequestError(f"'query' must hold exactly one text, got {query.size}", "bad_tensor")
         check_document_count(documents.size, self.max_documents)
+        check_request_bytes(query, documents, self.max_request_bytes)
         query_text = decode_texts(query, "query", self.max_text_bytes)[0]
         document_texts = decode_texts(documents, "document", self.max_text_bytes)
         try:
-            return self.tokenizer.encode(query_text, document_texts, options.max_length, options.truncate)
+            encoded = self.tokenizer.encode(query_text, document_texts, options.max_length, options.truncate)
         except QueryTooLongError as error:
             raise InvalidRequestError(str(error), "query_too_long") from error
         except PairTooLongError as error:
             raise InvalidRequestError(str(error), "pair_too_long") from error
+        total = int(encoded.lengths.sum())
+        if total > self.max_request_tokens:
+            raise InvalidRequestError(
+                f"the request's pairs hold {total} tokens after truncation; at most {self.max_request_tokens} are "
+                "allowed per request (max_request_tokens): send fewer or shorter documents, or a lower max_length",
+                "request_tokens",
+            )
+        return encoded

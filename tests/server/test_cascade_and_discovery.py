@@ -108,7 +108,7 @@ def test_any_triton_client_reads_the_served_checkpoints_facts(server):
     assert facts["request_parameters"].split(",") == list(PARAMETERS)
     with RerankClient(f"grpc://{server.grpc_url}") as typed:
         assert typed.describe() == ServedModel(
-            "demo-tiny", (1, 2, 4, 6), (8, 16, 32, 64, 128), 6, 128, 32768, 1000, PARAMETERS
+            "demo-tiny", (1, 2, 4, 6), (8, 16, 32, 64, 128), 6, 128, 32768, 1000, 262144, PARAMETERS
         )
 
 

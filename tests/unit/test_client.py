@@ -331,6 +331,7 @@ def test_describe_reads_the_served_checkpoint_from_the_model_config(monkeypatch)
     parameters = {
         "checkpoint": "demo-tiny", "layer_indices": "1,2,4,6", "dim_indices": "8,16,32,64,128",
         "default_layer": "6", "default_dim": "128", "max_tokens_per_pair": "32768", "max_documents": "1000",
+        "max_request_tokens": "262144",
         "request_parameters": "layer,dim",
     }  # fmt: skip
     config = {"name": "rerank", "parameters": {key: {"string_value": value} for key, value in parameters.items()}}
@@ -345,7 +346,9 @@ def test_describe_reads_the_served_checkpoint_from_the_model_config(monkeypatch)
 
     monkeypatch.setattr(sync_module.grpcclient, "InferenceServerClient", Grpc)
     served = RerankClient("grpc://h").describe()
-    assert served == ServedModel("demo-tiny", (1, 2, 4, 6), (8, 16, 32, 64, 128), 6, 128, 32768, 1000, ("layer", "dim"))
+    assert served == ServedModel(
+        "demo-tiny", (1, 2, 4, 6), (8, 16, 32, 64, 128), 6, 128, 32768, 1000, 262144, ("layer", "dim")
+    )
     config["parameters"] = {}
     with pytest.raises(RerankError, match="does not describe its checkpoint.*mmrerank launcher"):
         RerankClient("grpc://h").describe()

@@ -81,6 +81,7 @@ def test_the_served_repository_carries_the_checkpoints_facts(tiny_checkpoint, tm
         "default_dim": "128",
         "max_tokens_per_pair": "32768",
         "max_documents": "1000",
+        "max_request_tokens": "262144",
         "request_parameters": ",".join(PARAMETERS),
     }
     assert (served / "reranker" / "configs" / "cpu.pbtxt").is_file()

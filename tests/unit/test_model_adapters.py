@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from triton_stub import FakeRequest, MetricFamily, load_adapter, model_args
 
+from mmrerank.model import MatryoshkaReranker
 from mmrerank.serving.reranker_step import sigmoid
 
 
@@ -126,3 +127,18 @@ def test_the_reranker_checks_lengths_itself(reranker_model, ids, lengths, parame
     )
     (response,) = reranker_model.execute([request])
     assert response.error.code() == "INVALID_ARG" and message in response.error.message()
+
+
+def test_the_reranker_is_warm_before_initialize_returns(pb_utils, tiny_checkpoint, monkeypatch):
+    monkeypatch.setenv("MMRERANK_CHECKPOINT", str(tiny_checkpoint))
+    logged = []
+    pb_utils.Logger = type("Logger", (), {"log_info": staticmethod(logged.append), "log_error": staticmethod(print)})
+    calls = []
+    model = load_adapter("reranker")
+    original = MatryoshkaReranker.logits
+    monkeypatch.setattr(
+        MatryoshkaReranker, "logits", lambda self, *args: calls.append(args[2]) or original(self, *args)
+    )
+    model.initialize(model_args("reranker", "configs/cpu.pbtxt"))
+    assert calls == [1, 2, 4, 6]
+    assert "warmed up 4 exits" in logged[-1]

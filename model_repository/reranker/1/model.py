@@ -1,6 +1,7 @@
 """Triton adapter of the reranker step: every pair of every request in one plan, per-request errors."""
 
 import json
+import time
 import traceback
 
 import torch
@@ -44,9 +45,12 @@ class TritonPythonModel:
         self.step = RerankerStep(reranker, max_batch_tokens=integer_setting(settings, "max_batch_tokens"))
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)
+        started = time.perf_counter()
+        warmed = self.step.warm_up()  # readiness means warm: Triton marks the model ready after initialize
         self.logger.log_info(
             f"reranker ready on {reranker.device} ({reranker.dtype}, {reranker.kernel.name} attention); exits: "
-            f"layers {list(reranker.spec.layer_indices)} x widths {list(reranker.spec.dim_indices)}"
+            f"layers {list(reranker.spec.layer_indices)} x widths {list(reranker.spec.dim_indices)}; "
+            f"warmed up {warmed} exits in {time.perf_counter() - started:.2f} s"
         )
 
     def execute(self, requests):

@@ -22,6 +22,8 @@ class TritonPythonModel:
             max_documents=integer_setting(settings, "max_documents"),
             max_tokens_per_pair=integer_setting(settings, "max_tokens_per_pair"),
             max_text_bytes=integer_setting(settings, "max_text_bytes"),
+            max_request_tokens=integer_setting(settings, "max_request_tokens"),
+            max_request_bytes=integer_setting(settings, "max_request_bytes"),
         )
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)
