@@ -126,9 +126,13 @@ def test_binary_documents_are_rejected_as_not_utf8(server, payload):
 
 
 def test_an_oversized_document_is_refused(server):
+    status, text = post(server, body(documents=("fine", "x" * (5 * 2**20))))
+    assert status == 400, (status, text[:300])
+    assert "document 1 has 5242880 bytes; at most 4194304 are allowed" in json.loads(text)["error"]
     status, text = post(server, body(documents=("fine", "x" * (70 * 2**20))))
     assert status == 400, (status, text[:300])
-    assert "document 1 has 73400320 bytes; at most 4194304 are allowed" in json.loads(text)["error"]
+    assert "carries 73400329 bytes of text; at most 33554432" in json.loads(text)["error"]
+    assert len(text) < 1000
     assert infer("http", server.http_url, "river", GOOD_DOCS)["scores"].shape == (2,)
 
 
