@@ -173,7 +173,7 @@ def served_measurements(server: BackgroundServer, layout: CheckpointLayout, plan
         results["throughput"].append(
             {
                 "concurrency": concurrency,
-                "requests_per_s": round(requests_per_second, 1),
+                "requests_per_s": round(requests_per_second, 2),
                 "pairs_per_s": round(10 * requests_per_second, 1),
             }
         )

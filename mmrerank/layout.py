@@ -242,8 +242,9 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike[str]) -> Path:
     try:
         return Path(snapshot_download(repo_id=text, etag_timeout=10))
     except Exception as error:  # the hub client raises many unrelated types
+        reason = " ".join(str(error).split())[:300]  # one line: the hub's messages span several
         raise CheckpointError(
-            f"could not fetch {text!r} from the model hub ({type(error).__name__}: {error}); "
+            f"could not fetch {text!r} from the model hub ({type(error).__name__}: {reason}); "
             "download it where the hub is reachable and pass the local directory"
         ) from error
 

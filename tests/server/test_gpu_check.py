@@ -28,7 +28,7 @@ def test_the_cpu_dry_run_writes_every_measurement(tmp_path):
     latency = report["served"]["latency"]
     assert 0 < latency["short_10_docs"]["p50_ms"] <= latency["short_10_docs"]["p95_ms"]
     assert [row["concurrency"] for row in report["served"]["throughput"]] == [1, 4]
-    assert all(row["requests_per_s"] > 0 and row["pairs_per_s"] == pytest.approx(10 * row["requests_per_s"], rel=0.01)
+    assert all(row["requests_per_s"] > 0 and row["pairs_per_s"] == pytest.approx(10 * row["requests_per_s"], abs=0.1)
                for row in report["served"]["throughput"])  # fmt: skip
     grid = {row["layer"]: row["requests_per_s"] for row in report["served"]["exit_grid"]}
     assert list(grid) == [1, 2, 4, 6] and grid[1] > grid[6] > 0

@@ -29,5 +29,6 @@ def test_a_32k_token_pair_fits_in_bounded_memory(tiny_checkpoint):
     )
     measured = json.loads(result.stdout.strip().splitlines()[-1])
     assert measured["logit"] == measured["logit"]  # not NaN
-    # A length x length score tensor alone would need 32768^2 x 4 heads x 4 bytes = 17 GB; this path peaks near 0.7 GB.
-    assert measured["peak_gb"] < 1.5, measured
+    # A length x length score tensor alone would need 32768^2 x 4 heads x 4 bytes = 17 GB. This path peaks
+    # at 0.7 GB run alone and at up to 1.6 GB (peak RSS) inside a long suite run on this machine.
+    assert measured["peak_gb"] < 3.0, measured
