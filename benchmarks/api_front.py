@@ -11,38 +11,12 @@ import http.client
 import json
 import random
 import tempfile
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks.common import demo_checkpoint, documents_of_tokens, markdown_table, progress
+from benchmarks.common import demo_checkpoint, documents_of_tokens, markdown_table, progress, requests_per_second
 from mmrerank.dev.background import start_server
 from mmrerank_client import RerankClient
-
-
-def requests_per_second(make_call: Callable[[], Callable[[], None]], concurrency: int, seconds: float) -> float:
-    """Requests/s with `concurrency` threads, each with its own connection, after one warm-up call each."""
-    counts = [0] * concurrency
-    window: list[float] = []
-    start_line = threading.Barrier(
-        concurrency, action=lambda: window.extend([now := time.perf_counter(), now + seconds])
-    )
-
-    def worker(slot: int) -> None:
-        call = make_call()
-        call()
-        start_line.wait()
-        while time.perf_counter() < window[1]:
-            call()
-            counts[slot] += 1
-
-    threads = [threading.Thread(target=worker, args=(slot,)) for slot in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(counts) / (time.perf_counter() - window[0])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import statistics
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -72,3 +73,27 @@ def pad_rows(rows: Sequence[np.ndarray], pad_id: int = 0) -> tuple[np.ndarray, n
     for i, row in enumerate(rows):
         padded[i, : len(row)] = row
     return padded, lengths
+
+
+def requests_per_second(make_call: Callable[[], Callable[[], None]], concurrency: int, seconds: float) -> float:
+    """Requests/s with `concurrency` threads, each with its own connection, after one warm-up call each."""
+    counts = [0] * concurrency
+    window: list[float] = []
+    start_line = threading.Barrier(
+        concurrency, action=lambda: window.extend([now := time.perf_counter(), now + seconds])
+    )
+
+    def worker(slot: int) -> None:
+        call = make_call()
+        call()
+        start_line.wait()
+        while time.perf_counter() < window[1]:
+            call()
+            counts[slot] += 1
+
+    threads = [threading.Thread(target=worker, args=(slot,)) for slot in range(concurrency)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.perf_counter() - window[0])

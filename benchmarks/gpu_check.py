@@ -16,7 +16,6 @@ import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.common import REPO_ROOT, demo_checkpoint, documents_of_tokens, markdown_table, progress
+from benchmarks.common import (
+    REPO_ROOT,
+    demo_checkpoint,
+    documents_of_tokens,
+    markdown_table,
+    progress,
+    requests_per_second,
+)
 from mmrerank.dev.background import BackgroundServer, start_server
 from mmrerank.layout import CheckpointLayout, EncoderConfig
 from mmrerank.model import MatryoshkaReranker
@@ -127,26 +133,12 @@ def percentiles(times: list[float]) -> dict[str, float]:
 def rate(url: str, request: tuple[str, list[str], dict[str, int]], concurrency: int, seconds: float) -> float:
     """Requests per second with `concurrency` clients sending back to back for `seconds`."""
     query, documents, options = request
-    counts = [0] * concurrency
-    window: list[float] = []  # start and end of the measured period, set once every client is warm
-    start_line = threading.Barrier(
-        concurrency, action=lambda: window.extend([now := time.perf_counter(), now + seconds])
-    )
 
-    def worker(slot: int) -> None:
-        with RerankClient(url, timeout=600) as client:
-            client.score(query, documents, **options)  # warm-up: connection and first batch
-            start_line.wait()
-            while time.perf_counter() < window[1]:
-                client.score(query, documents, **options)
-                counts[slot] += 1
+    def client_call() -> Callable[[], None]:
+        client = RerankClient(url, timeout=600)
+        return lambda: client.score(query, documents, **options) and None
 
-    threads = [threading.Thread(target=worker, args=(slot,)) for slot in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(counts) / max(time.perf_counter() - window[0], 1e-9)
+    return requests_per_second(client_call, concurrency, seconds)
 
 
 def served_measurements(server: BackgroundServer, layout: CheckpointLayout, plan: Plan) -> dict[str, Any]:
