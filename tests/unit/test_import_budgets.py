@@ -1,4 +1,4 @@
-"""Processes that need no torch import none: the tokenizer model, the launcher, the client (each in a fresh process)."""
+"""Processes that need no torch import none: tokenizer model, launcher, API front, client (each in a fresh process)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ import mmrerank.serving.tokenizer_step, mmrerank.layout
     ("process", "code"),
     [
         ("tokenizer model", TOKENIZER_PROCESS),
-        ("launcher", "import mmrerank.launch.launcher, mmrerank.launch.supervisor"),
+        ("launcher", "import mmrerank.launch.launcher, mmrerank.launch.supervisor, mmrerank.launch.repository"),
+        ("rerank API front", "import mmrerank.api.app, mmrerank.api.triton, mmrerank.api.__main__"),
         ("client", "import mmrerank_client, mmrerank_client.aio, mmrerank_client.cli"),
     ],
 )
