@@ -132,8 +132,10 @@ def test_manifests_fit_together():
     assert "nv_inference_queue_duration_us" in rules[0]["metricsQuery"]
     assert "nv_inference_request_success" in rules[0]["metricsQuery"]
     assert pod["spec"]["terminationGracePeriodSeconds"] > launcher.EXIT_TIMEOUT_SECONDS + 10
-    for probe in ("readinessProbe", "startupProbe"):
-        assert pod["spec"]["containers"][0][probe]["httpGet"]["path"] == "/v2/health/ready"
+    container = pod["spec"]["containers"][0]
+    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    # Ready only while both Triton's model and the rerank API front answer.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "rerank-api"}
     assert found["deployment-amd.yaml"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
         "amd.com/gpu"
     ]
