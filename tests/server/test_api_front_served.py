@@ -129,6 +129,10 @@ def _cmdline(pid: str) -> bytes:
 def test_the_front_is_restarted_when_it_dies(tiny_checkpoint, tmp_path):
     server = start_server(tiny_checkpoint, tmp_path / "server.log")
     try:
+        for _ in range(60):  # the launcher's own readiness wait for the front may lag the test's by a poll
+            if "rerank API: http" in server.log_tail(200):
+                break
+            subprocess.run(["sleep", "0.5"], check=True)
         front = [pid for pid in os.listdir("/proc") if pid.isdigit() and b"mmrerank.api" in _cmdline(pid)
                  and f"{server.api_port}".encode() in _cmdline(pid)]  # fmt: skip
         assert len(front) == 1
@@ -141,8 +145,9 @@ def test_the_front_is_restarted_when_it_dies(tiny_checkpoint, tmp_path):
             except (urllib.error.URLError, ConnectionError):
                 pass
             subprocess.run(["sleep", "0.5"], check=True)
+        log = server.log_tail(200)
+        assert "rerank API front exited" in log, log
         status, _ = post(f"{server.api_url}/rerank", {"query": QUERY, "texts": ["a river"]})
-        assert status == 200
-        assert "rerank API front exited" in server.log_tail(200)
+        assert status == 200, log
     finally:
         assert server.stop() == 0
