@@ -91,6 +91,9 @@ def server_command(
     `repository` is the served copy of the model repository (default: `--model-repository` itself).
     """
     env = {CHECKPOINT_ENV: str(checkpoint)}
+    # Several reranker instances share the CPU cores; OpenMP threads that spin while idle would
+    # starve the busy instance (4 concurrent requests ran at 0.31x in-process speed instead of 1.10x).
+    env["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY", "PASSIVE")
     binary = shutil.which("tritonserver")
     if binary is None:
         root = _pytriton_root()

@@ -61,7 +61,7 @@ def test_container_runs_the_launchers_command_line(dockerfile, tmp_path, monkeyp
     args = launcher.parse_args(entrypoint[1:] + cmd)
     command = launcher.server_command(args, Path("/models/checkpoint"), backend_dir=None)
     assert command.argv[0] == str(fake_server)
-    assert command.env == {"MMRERANK_CHECKPOINT": "/models/checkpoint"}
+    assert command.env == {"MMRERANK_CHECKPOINT": "/models/checkpoint", "OMP_WAIT_POLICY": "PASSIVE"}
     expected = {
         "--model-repository=/opt/mmrerank/model_repository",
         "--http-address=0.0.0.0",

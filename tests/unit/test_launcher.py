@@ -22,6 +22,7 @@ def command(tmp_path, monkeypatch, *argv, env=None):
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     for key, value in (env or {}).items():
         monkeypatch.setenv(key, value)
     return launcher.server_command(launcher.parse_args(list(argv)), Path("/ckpt"), backend_dir=None)
@@ -32,8 +33,13 @@ def test_defaults_bind_loopback_and_pick_the_cpu_config_without_a_gpu(tmp_path, 
     built = command(tmp_path, monkeypatch)
     assert {"--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"} <= set(built.argv)
     assert "--model-config-name=cpu" in built.argv
-    assert built.env == {"MMRERANK_CHECKPOINT": "/ckpt"}
+    assert built.env == {"MMRERANK_CHECKPOINT": "/ckpt", "OMP_WAIT_POLICY": "PASSIVE"}
     assert not any("restricted" in arg or "model-control" in arg for arg in built.argv)
+
+
+def test_idle_openmp_threads_sleep_unless_told_otherwise(tmp_path, monkeypatch):
+    assert command(tmp_path, monkeypatch).env["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert command(tmp_path, monkeypatch, env={"OMP_WAIT_POLICY": "ACTIVE"}).env["OMP_WAIT_POLICY"] == "ACTIVE"
 
 
 def test_gpu_and_named_configs(tmp_path, monkeypatch):
