@@ -54,7 +54,8 @@ class PairTokenizer:
         self.tokenizer = tokenizer
         self.tokenizer.no_truncation()
         self.tokenizer.no_padding()
-        self.special_tokens_per_pair = tokenizer.num_special_tokens_to_add(is_pair=True)
+        self.prefix, self.middle, self.suffix = pair_template(tokenizer)
+        self.special_tokens_per_pair = len(self.prefix) + len(self.middle) + len(self.suffix)
         self.longest_token_chars = max(len(token) for token in tokenizer.get_vocab())
 
     @classmethod
@@ -96,10 +97,27 @@ class PairTokenizer:
             index = int(np.flatnonzero(truncated)[0])
             pair_tokens = len(encodings[index].ids) + len(query_encoding.ids) + self.special_tokens_per_pair
             raise PairTooLongError(index, pair_tokens, max_length, at_least=len(documents[index]) > budget)
-        pairs = []
-        for encoding in encodings:
-            encoding.truncate(room)
-            pairs.append(self.tokenizer.post_process(query_encoding, encoding, add_special_tokens=True).ids)
-        lengths = np.array([len(ids) for ids in pairs], dtype=np.int32)
-        input_ids = np.fromiter((i for ids in pairs for i in ids), dtype=np.int32, count=int(lengths.sum()))
+        head = [*self.prefix, *query_encoding.ids, *self.middle]
+        kept = [encoding.ids[:room] for encoding in encodings]
+        lengths = np.array([len(head) + len(ids) + len(self.suffix) for ids in kept], dtype=np.int32)
+        pieces = (part for ids in kept for part in (head, ids, self.suffix))
+        input_ids = np.fromiter((i for part in pieces for i in part), dtype=np.int32, count=int(lengths.sum()))
         return EncodedPairs(input_ids=input_ids, lengths=lengths, truncated=truncated)
+
+
+def pair_template(tokenizer: Tokenizer) -> tuple[list[int], list[int], list[int]]:
+    """The special tokens the post-processor puts before, between and after the two texts of a pair.
+
+    Read once from a probe pair through `post_process`: mmBERT's template gives ([<bos>], [<eos>],
+    [<eos>]), RoBERTa's ([<s>], [</s>, </s>], [</s>]).
+    """
+    probes = [tokenizer.encode(text, add_special_tokens=False) for text in ("a", "b")]
+    first, second = probes[0].ids, probes[1].ids
+    pair = tokenizer.post_process(probes[0], probes[1]).ids
+    for start in range(len(pair) - len(first) + 1):
+        after = start + len(first)
+        if first and pair[start:after] == first:
+            for middle_end in range(after, len(pair) - len(second) + 1):
+                if second and pair[middle_end : middle_end + len(second)] == second:
+                    return pair[:start], pair[after:middle_end], pair[middle_end + len(second) :]
+    raise ValueError("the tokenizer's pair template does not put the query, then the document, each in one piece")

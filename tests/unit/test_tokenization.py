@@ -99,6 +99,7 @@ def test_a_roberta_style_template_is_followed_and_only_the_document_is_cut(rober
     pair_tokenizer = PairTokenizer.from_file(roberta_checkpoint / "tokenizer.json")
     reference = PreTrainedTokenizerFast(tokenizer_file=str(roberta_checkpoint / "tokenizer.json"))
     assert pair_tokenizer.special_tokens_per_pair == 4
+    assert (pair_tokenizer.prefix, pair_tokenizer.middle, pair_tokenizer.suffix) == ([2], [1, 1], [1])
     encoded = pair_tokenizer.encode(QUERY, ["water", LONG_DOCUMENT], max_length=64)
     assert encoded.rows()[0].tolist() == reference(QUERY, "water")["input_ids"]
     query_ids = token_ids(pair_tokenizer, QUERY)
