@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -87,6 +88,21 @@ def build_request(
         documents=np.array([doc.encode("utf-8") for doc in documents], dtype=np.object_),
         parameters=parameters,
     )
+
+
+# The longest deadline the server accepts (a day), in milliseconds.
+MAX_DEADLINE_MS = 86_400_000
+
+
+def parameters_within(request: RerankRequest, timeout: float | None) -> dict[str, int | bool]:
+    """The request's parameters plus `deadline_ms` from the call's timeout.
+
+    The server stops working on the request once the client no longer waits for it, so a call that
+    timed out costs the server at most one more encoder layer.
+    """
+    if timeout is None:
+        return request.parameters
+    return {**request.parameters, "deadline_ms": min(MAX_DEADLINE_MS, max(1, math.ceil(timeout * 1000)))}
 
 
 def make_inputs(module: Any, request: RerankRequest) -> list[Any]:

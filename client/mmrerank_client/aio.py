@@ -21,6 +21,7 @@ from mmrerank_client._core import (
     check_top_n,
     group_pairs,
     make_inputs,
+    parameters_within,
     scores_in_input_order,
     served_model,
 )
@@ -41,7 +42,10 @@ class AsyncRerankClient(ClientBase):
 
     async def _infer(self, request: RerankRequest, timeout: float | None) -> dict[str, NDArray[Any]]:
         call = self._client.infer(
-            self.model, make_inputs(self._module, request), parameters=request.parameters, headers=self._headers
+            self.model,
+            make_inputs(self._module, request),
+            parameters=parameters_within(request, timeout),
+            headers=self._headers,
         )
         try:
             result = await asyncio.wait_for(call, timeout)

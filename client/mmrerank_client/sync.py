@@ -22,6 +22,7 @@ from mmrerank_client._core import (
     check_top_n,
     group_pairs,
     make_inputs,
+    parameters_within,
     scores_in_input_order,
     served_model,
 )
@@ -64,13 +65,16 @@ class RerankClient(ClientBase):
                 result = self._grpc.infer(
                     self.model,
                     make_inputs(grpcclient, request),
-                    parameters=request.parameters,
+                    parameters=parameters_within(request, timeout),
                     headers=self._headers,
                     client_timeout=timeout,
                 )
             else:
                 result = self._http(timeout).infer(
-                    self.model, make_inputs(httpclient, request), parameters=request.parameters, headers=self._headers
+                    self.model,
+                    make_inputs(httpclient, request),
+                    parameters=parameters_within(request, timeout),
+                    headers=self._headers,
                 )
         except Exception as error:
             raise translate(error) from error

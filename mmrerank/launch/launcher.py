@@ -23,6 +23,7 @@ from pathlib import Path
 from mmrerank.launch.repository import RepositoryError, materialize
 from mmrerank.launch.supervisor import Companion, LaunchError, Supervisor
 from mmrerank.layout import CheckpointError, CheckpointLayout
+from mmrerank.serving.deadlines import SHUTDOWN_NOTICE_ENV, ShutdownNotice
 from mmrerank.serving.settings import CHECKPOINT_ENV
 
 LOGGER = logging.getLogger("mmrerank.serve")
@@ -30,6 +31,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 DEFAULT_DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "demo-tiny"
 EXIT_TIMEOUT_SECONDS = 30
+# On SIGTERM, work still running this long before the exit timeout is stopped and answered UNAVAILABLE,
+# so every client hears back before tritonserver would cut its connection.
+ANSWER_MARGIN_SECONDS = 5
 API_KEY_ENV = "MMRERANK_API_KEY"
 API_KEY_HEADER = "x-api-key"
 # Behind the key when one is set; health and metadata stay open for probes and load balancers.
@@ -208,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
         except RepositoryError as error:
             raise LaunchError(str(error)) from error
         command = server_command(args, layout.directory, backend_dir, repository)
+        notice = ShutdownNotice(Path(scratch) / "shutting-down")
+        command.env[SHUTDOWN_NOTICE_ENV] = str(notice.path)
         LOGGER.info("serving checkpoint %s (exits: layers %s x widths %s)", layout.directory,
                     list(layout.spec.layer_indices), list(layout.spec.dim_indices))  # fmt: skip
         if os.environ.get(API_KEY_ENV):
@@ -219,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
             ready_url=f"http://{host}:{args.http_port}/v2/health/ready",
             ready_timeout=args.ready_timeout,
             exit_timeout=EXIT_TIMEOUT_SECONDS + 10,
+            shutdown=(notice, EXIT_TIMEOUT_SECONDS - ANSWER_MARGIN_SECONDS),
             companions=[api_front(args, host)] if args.api_port else [],
         )
         signal.signal(signal.SIGTERM, supervisor.stop)

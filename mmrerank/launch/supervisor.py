@@ -17,6 +17,8 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from mmrerank.serving.deadlines import ShutdownNotice
+
 LOGGER = logging.getLogger("mmrerank.serve")
 
 
@@ -109,8 +111,11 @@ class Supervisor:
         max_restarts: int = 3,
         restart_window: float = 600.0,
         companions: Sequence[Companion] = (),
+        shutdown: tuple[ShutdownNotice, float] | None = None,
     ) -> None:
+        """`shutdown`: the notice the models watch, and the seconds of grace it announces on SIGTERM."""
         self.argv, self.env = list(argv), dict(env)
+        self.shutdown = shutdown
         self.companions = list(companions)
         self.ready_url, self.ready_timeout, self.exit_timeout = ready_url, ready_timeout, exit_timeout
         self.max_restarts, self.restart_window = max_restarts, restart_window
@@ -120,6 +125,8 @@ class Supervisor:
 
     def start(self) -> None:
         """Start tritonserver and wait until it reports ready, then any companion not yet running."""
+        if self.shutdown is not None and not self.stopping:
+            self.shutdown[0].withdraw()
         self.process = subprocess.Popen(self.argv, env=self.env)
         try:
             wait_until_ready(self.process, self.ready_url, self.ready_timeout)
@@ -137,6 +144,9 @@ class Supervisor:
         LOGGER.info("stopping tritonserver (%s); in-flight requests finish first", signal.Signals(signum).name)
         for companion in self.companions:
             companion.signal_stop()
+        if self.shutdown is not None:
+            notice, grace = self.shutdown
+            notice.announce(grace)
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
 

@@ -3,7 +3,8 @@
 Module names mirror the checkpoint's keys, so `load_state_dict(strict=True)` checks the layout.
 Tokens stay packed (the pairs of a micro-batch concatenated without padding); the attention
 kernel chosen at load time is the only part that sees sequence boundaries. Only layers 1..L run
-for exit L, and layer L itself computes just the CLS positions.
+for exit L, and layer L itself computes just the CLS positions. A caller may pass `stop_check`, called
+before each layer and between the query blocks of a long global layer: raising there abandons the work.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmrerank.layout import EncoderConfig
+from mmrerank.model.attention import StopCheck
 from mmrerank.model.kernels import AttentionKernel, PackedRows
 
 
@@ -81,6 +83,7 @@ class EncoderLayer(nn.Module):
         rows: PackedRows,
         kernel: AttentionKernel,
         cls_only: bool,
+        stop_check: StopCheck | None = None,
     ) -> torch.Tensor:
         """Packed [tokens, hidden] in; with `cls_only`, only each sequence's first row comes out."""
         query, key, value = self.attn.project(self.attn_norm(hidden), rotary)
@@ -89,7 +92,7 @@ class EncoderLayer(nn.Module):
             attended = kernel.attend_cls(query[starts], key, value, rows, self.half_window)
             hidden = hidden[starts]
         else:
-            attended = kernel.attend(query, key, value, rows, self.half_window)
+            attended = kernel.attend(query, key, value, rows, self.half_window, stop_check)
         hidden = hidden + self.attn.Wo(attended.reshape(hidden.shape[0], -1))
         return hidden + self.mlp(self.mlp_norm(hidden))
 
@@ -127,21 +130,32 @@ class Encoder(nn.Module):
         self.layers = nn.ModuleList(EncoderLayer(config, index) for index in range(config.num_layers))
         self.final_norm = _layer_norm(config.hidden_size, config.norm_eps)
 
-    def cls_states(self, input_ids: torch.Tensor, rows: PackedRows, exit_layer: int) -> torch.Tensor:
+    def cls_states(
+        self, input_ids: torch.Tensor, rows: PackedRows, exit_layer: int, stop_check: StopCheck | None = None
+    ) -> torch.Tensor:
         """CLS vectors [sequences, hidden] of hidden state `exit_layer` (1-based) for packed 1-D `input_ids`."""
-        return self.continue_to_cls(self.embeddings(input_ids), rows, 0, exit_layer)
+        return self.continue_to_cls(self.embeddings(input_ids), rows, 0, exit_layer, stop_check)
 
-    def hidden_states(self, input_ids: torch.Tensor, rows: PackedRows, layer: int) -> torch.Tensor:
+    def hidden_states(
+        self, input_ids: torch.Tensor, rows: PackedRows, layer: int, stop_check: StopCheck | None = None
+    ) -> torch.Tensor:
         """Every token's hidden state `layer` [tokens, hidden], raw (no final norm): where a cascade resumes."""
         self._check_layer(layer)
-        return self._run(self.embeddings(input_ids), rows, 0, layer, cls_only_last=False)
+        return self._run(self.embeddings(input_ids), rows, 0, layer, False, stop_check)
 
-    def continue_to_cls(self, hidden: torch.Tensor, rows: PackedRows, from_layer: int, exit_layer: int) -> torch.Tensor:
+    def continue_to_cls(
+        self,
+        hidden: torch.Tensor,
+        rows: PackedRows,
+        from_layer: int,
+        exit_layer: int,
+        stop_check: StopCheck | None = None,
+    ) -> torch.Tensor:
         """CLS vectors of hidden state `exit_layer`, running layers from_layer+1..exit_layer on `hidden`."""
         self._check_layer(exit_layer)
         if not 0 <= from_layer < exit_layer:
             raise ValueError(f"cannot continue from layer {from_layer} to layer {exit_layer}")
-        return self.exit_of(self._run(hidden, rows, from_layer, exit_layer, cls_only_last=True), exit_layer)
+        return self.exit_of(self._run(hidden, rows, from_layer, exit_layer, True, stop_check), exit_layer)
 
     def exit_of(self, cls: torch.Tensor, layer: int) -> torch.Tensor:
         """The heads' input from raw CLS vectors of hidden state `layer`.
@@ -154,14 +168,25 @@ class Encoder(nn.Module):
         if not 1 <= layer <= self.config.num_layers:
             raise ValueError(f"exit layer {layer} is outside 1..{self.config.num_layers}")
 
-    def _run(self, hidden: torch.Tensor, rows: PackedRows, first: int, last: int, cls_only_last: bool) -> torch.Tensor:
+    def _run(
+        self,
+        hidden: torch.Tensor,
+        rows: PackedRows,
+        first: int,
+        last: int,
+        cls_only_last: bool,
+        stop_check: StopCheck | None,
+    ) -> torch.Tensor:
         """Layers first+1..last (1-based) over packed `hidden`; with `cls_only_last` the last yields CLS rows only."""
         tables = {}  # in fp32 whatever the model's dtype: rotation angles of 32K positions need the precision
         for theta in {self.config.global_rope_theta, self.config.local_rope_theta}:
             cos, sin = rotary_tables(rows.max_length, self.config.head_dim, theta, torch.float32, hidden.device)
             tables[theta] = (cos[rows.positions], sin[rows.positions])
         for index in range(first, last):
+            if stop_check is not None:
+                stop_check()
             layer = self.layers[index]
             theta = self.config.global_rope_theta if layer.half_window is None else self.config.local_rope_theta
-            hidden = layer(hidden, tables[theta], rows, self.kernel, cls_only=cls_only_last and index == last - 1)
+            cls_only = cls_only_last and index == last - 1
+            hidden = layer(hidden, tables[theta], rows, self.kernel, cls_only, stop_check)
         return hidden

@@ -22,7 +22,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from mmrerank.model.attention import cls_attention, global_attention, key_padding_mask, local_attention
+from mmrerank.model.attention import StopCheck, cls_attention, global_attention, key_padding_mask, local_attention
 
 
 @dataclass(frozen=True)
@@ -92,9 +92,18 @@ class AttentionKernel(ABC):
 
     @abstractmethod
     def attend(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: PackedRows, half_window: int | None
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        rows: PackedRows,
+        half_window: int | None,
+        stop_check: StopCheck | None = None,
     ) -> torch.Tensor:
-        """Attention output [tokens, heads, head_dim]; each token sees its own sequence (within the window)."""
+        """Attention output [tokens, heads, head_dim]; each token sees its own sequence (within the window).
+
+        A kernel whose long layers take seconds calls `stop_check` between parts of them.
+        """
 
     def attend_cls(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: PackedRows, half_window: int | None
@@ -112,12 +121,18 @@ class PaddedKernel(AttentionKernel):
     pads = True
 
     def attend(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: PackedRows, half_window: int | None
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        rows: PackedRows,
+        half_window: int | None,
+        stop_check: StopCheck | None = None,
     ) -> torch.Tensor:
         q, k, v = rows.pad(query), rows.pad(key), rows.pad(value)
         valid = key_padding_mask(rows.lengths, rows.max_length)
         if half_window is None:
-            attended = global_attention(q, k, v, None if rows.uniform else valid)
+            attended = global_attention(q, k, v, None if rows.uniform else valid, stop_check)
         else:
             attended = local_attention(q, k, v, valid, half_window)
         return rows.unpad(attended)
@@ -129,14 +144,20 @@ class PackedSdpaKernel(AttentionKernel):
     name = "packed-sdpa"
 
     def attend(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: PackedRows, half_window: int | None
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        rows: PackedRows,
+        half_window: int | None,
+        stop_check: StopCheck | None = None,
     ) -> torch.Tensor:
         outputs = []
         start = 0
         for length in rows.host_lengths:
             q, k, v = (t[start : start + length].transpose(0, 1)[None] for t in (query, key, value))
             if half_window is None:
-                attended = global_attention(q, k, v, None)
+                attended = global_attention(q, k, v, None, stop_check)
             else:
                 valid = torch.ones(1, length, dtype=torch.bool, device=query.device)
                 attended = local_attention(q, k, v, valid, half_window)
@@ -149,6 +170,7 @@ class FlashKernel(AttentionKernel):
     """FlashAttention-2 varlen, `window_size` for the sliding-window layers (GPU, bf16/fp16, `flash_attn`)."""
 
     name = "flash"
+    # One call per layer: a 32K-token layer takes milliseconds here, so `stop_check` runs between layers only.
 
     @classmethod
     def runs_on(cls, device: torch.device, dtype: torch.dtype) -> bool:
@@ -159,7 +181,13 @@ class FlashKernel(AttentionKernel):
         )
 
     def attend(
-        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: PackedRows, half_window: int | None
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        rows: PackedRows,
+        half_window: int | None,
+        stop_check: StopCheck | None = None,
     ) -> torch.Tensor:
         from flash_attn import flash_attn_varlen_func
 

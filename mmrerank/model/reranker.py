@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from mmrerank.layout import CheckpointLayout, EncoderConfig, MatryoshkaSpec
+from mmrerank.model.attention import StopCheck
 from mmrerank.model.encoder import Encoder
 from mmrerank.model.heads import MatryoshkaHeads
 from mmrerank.model.kernels import AttentionKernel, PackedRows, choose_kernel
@@ -59,19 +60,32 @@ class MatryoshkaReranker:
         return cls(load_checkpoint(name_or_path), resolved, dtype or default_dtype(resolved), attention)
 
     @torch.inference_mode()
-    def logits(self, input_ids: np.ndarray, lengths: Sequence[int], layer: int, dims: Sequence[int]) -> np.ndarray:
+    def logits(
+        self,
+        input_ids: np.ndarray,
+        lengths: Sequence[int],
+        layer: int,
+        dims: Sequence[int],
+        stop_check: StopCheck | None = None,
+    ) -> np.ndarray:
         """Raw fp32 logits for rows packed end to end in the 1-D `input_ids`, all exiting at `layer`.
 
         `lengths[i]` is the length of row i and `dims[i]` its head width. Only encoder layers
-        1..layer run. The ids reach the device in one copy.
+        1..layer run. The ids reach the device in one copy. `stop_check` is called before each
+        encoder layer and inside long ones; whatever it raises abandons the call.
         """
         self._check_exit(layer)
         ids, rows = self._packed(input_ids, lengths)
-        return self._head_logits(self.encoder.cls_states(ids, rows, layer), layer, dims)
+        return self._head_logits(self.encoder.cls_states(ids, rows, layer, stop_check), layer, dims)
 
     @torch.inference_mode()
     def prefilter(
-        self, input_ids: np.ndarray, lengths: Sequence[int], layer: int, dims: Sequence[int]
+        self,
+        input_ids: np.ndarray,
+        lengths: Sequence[int],
+        layer: int,
+        dims: Sequence[int],
+        stop_check: StopCheck | None = None,
     ) -> tuple[np.ndarray, list[torch.Tensor]]:
         """A cascade's cheap stage: logits at `layer`, and each row's hidden state `layer` to continue from.
 
@@ -79,20 +93,25 @@ class MatryoshkaReranker:
         """
         self._check_exit(layer)
         ids, rows = self._packed(input_ids, lengths)
-        hidden = self.encoder.hidden_states(ids, rows, layer)
+        hidden = self.encoder.hidden_states(ids, rows, layer, stop_check)
         logits = self._head_logits(self.encoder.exit_of(hidden[rows.starts], layer), layer, dims)
         return logits, list(hidden.split(rows.host_lengths))
 
     @torch.inference_mode()
     def continue_logits(
-        self, hidden_rows: Sequence[torch.Tensor], from_layer: int, layer: int, dims: Sequence[int]
+        self,
+        hidden_rows: Sequence[torch.Tensor],
+        from_layer: int,
+        layer: int,
+        dims: Sequence[int],
+        stop_check: StopCheck | None = None,
     ) -> np.ndarray:
         """A cascade's deep stage: logits at `layer` for rows resumed from their hidden state `from_layer`."""
         self._check_exit(layer)
         host_lengths = tuple(len(row) for row in hidden_rows)
         lens = torch.as_tensor(host_lengths, dtype=torch.long).to(self.device, non_blocking=True)
         rows = PackedRows.from_lengths(lens, host_lengths)
-        cls = self.encoder.continue_to_cls(torch.cat(list(hidden_rows)), rows, from_layer, layer)
+        cls = self.encoder.continue_to_cls(torch.cat(list(hidden_rows)), rows, from_layer, layer, stop_check)
         return self._head_logits(cls, layer, dims)
 
     def _check_exit(self, layer: int) -> None:

@@ -15,9 +15,12 @@ import numpy as np
 from mmrerank.layout import MatryoshkaSpec
 
 PARAMETERS = (
-    "layer", "dim", "normalize", "max_length", "truncate", "prefilter_layer", "prefilter_dim", "prefilter_top_k"
+    "layer", "dim", "normalize", "max_length", "truncate", "prefilter_layer", "prefilter_dim", "prefilter_top_k",
+    "deadline_ms",
 )  # fmt: skip
 PREFILTER_PARAMETERS = ("prefilter_layer", "prefilter_dim", "prefilter_top_k")
+# The longest deadline a request may ask for: a day.
+MAX_DEADLINE_MS = 86_400_000
 # At most this many characters of a client's value are quoted back in an error message.
 QUOTE_LIMIT = 100
 
@@ -54,6 +57,7 @@ class RerankOptions:
     max_length: int
     truncate: bool
     prefilter: Prefilter | None = None
+    deadline_ms: int | None = None  # from arrival; past it the server stops working on the request
 
 
 def quote(value: object) -> str:
@@ -124,7 +128,20 @@ def parse_options(
         max_length=max_length,
         truncate=_boolean(parameters, "truncate", True),
         prefilter=_prefilter(parameters, spec, layer, dim),
+        deadline_ms=_deadline_ms(parameters),
     )
+
+
+def _deadline_ms(parameters: Mapping[str, object]) -> int | None:
+    """Milliseconds the client waits for its answer; the server abandons the request after that."""
+    if "deadline_ms" not in parameters:
+        return None
+    value = _integer(parameters, "deadline_ms", 0)
+    if not 1 <= value <= MAX_DEADLINE_MS:
+        raise InvalidRequestError(
+            f"parameter 'deadline_ms' must be between 1 and {MAX_DEADLINE_MS}, got {value}", "parameter_value"
+        )
+    return value
 
 
 def _prefilter(parameters: Mapping[str, object], spec: MatryoshkaSpec, layer: int, dim: int) -> Prefilter | None:

@@ -15,7 +15,8 @@ COUNTERS: dict[str, str] = {
     "mmrerank_micro_batches_total": "Encoder micro-batches run, by exit layer",
     "mmrerank_documents_truncated_total": "Documents cut to fit max_length",
     "mmrerank_requests_rejected_total": "Requests refused as invalid, by step and reason",
-    "mmrerank_requests_cancelled_total": "Requests skipped because the client cancelled them (e.g. a gRPC deadline)",
+    "mmrerank_requests_cancelled_total": "Requests skipped because Triton marked them cancelled while queued",
+    "mmrerank_requests_abandoned_total": "Requests stopped past their deadline or a shutdown's grace, by reason",
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -9,24 +10,32 @@ import numpy as np
 import torch
 
 from mmrerank.model import MatryoshkaReranker
-from mmrerank.serving.contract import InvalidRequestError, Prefilter, RerankOptions, parse_options
+from mmrerank.model.attention import StopCheck
+from mmrerank.serving.contract import InvalidRequestError, RerankOptions, parse_options
+from mmrerank.serving.deadlines import NO_DEADLINE, ShutdownNotice, WorkAbandoned
 from mmrerank.serving.planner import MicroBatch, plan_micro_batches
 
 
 @dataclass(frozen=True)
 class ScoreRequest:
-    """One validated request: its pairs as unpadded id rows, and its options."""
+    """One validated request: its pairs as unpadded id rows, its options, and when nobody waits for it any more."""
 
     rows: list[np.ndarray]
     options: RerankOptions
+    deadline: float = NO_DEADLINE  # monotonic clock
 
 
 @dataclass(frozen=True)
 class ScoredBatch:
-    """Scores per request, the exit layer behind each score, and the micro-batches that ran (for metrics)."""
+    """Scores per request, the exit layer behind each score, and the micro-batches that ran (for metrics).
+
+    A request in `abandoned` ("deadline" or "shutdown") was stopped before all its pairs were scored;
+    its scores and exit layers are empty.
+    """
 
     scores: list[np.ndarray]
     exit_layers: list[np.ndarray]  # int32 per pair: the request's layer, or its prefilter layer in a cascade
+    abandoned: dict[int, str]
     batches: list[MicroBatch]
     tokens_processed: int  # what the encoder ran: padded tokens for a padding kernel, else real ones
 
@@ -37,11 +46,19 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 
 
 class RerankerStep:
-    """Validates token tensors of each request, then scores all requests' pairs together."""
+    """Validates token tensors of each request, then scores all requests' pairs together.
 
-    def __init__(self, reranker: MatryoshkaReranker, max_batch_tokens: int) -> None:
+    Work stops for a request once its deadline or a shutdown's grace has passed: its pairs leave the
+    micro-batches still to run, and a running micro-batch stops at the next encoder layer once every
+    request in it is past its cutoff.
+    """
+
+    def __init__(
+        self, reranker: MatryoshkaReranker, max_batch_tokens: int, shutdown: ShutdownNotice | None = None
+    ) -> None:
         self.reranker = reranker
         self.max_batch_tokens = max_batch_tokens
+        self.shutdown = shutdown or ShutdownNotice(None)
 
     def warm_up(self) -> int:
         """Score one short pair at every exit layer, so no client request pays for first-call setup.
@@ -56,7 +73,13 @@ class RerankerStep:
             self.reranker.logits(row, [len(row)], layer, [spec.default_dim])
         return len(spec.layer_indices)
 
-    def prepare(self, input_ids: np.ndarray, lengths: np.ndarray, parameters: Mapping[str, object]) -> ScoreRequest:
+    def prepare(
+        self,
+        input_ids: np.ndarray,
+        lengths: np.ndarray,
+        parameters: Mapping[str, object],
+        deadline: float = NO_DEADLINE,
+    ) -> ScoreRequest:
         """Check one request's ragged row (ids end to end, per-pair lengths) and parameters.
 
         Raises InvalidRequestError when the tensors disagree, a pair is longer than the request's
@@ -77,31 +100,30 @@ class RerankerStep:
             )
         if ids.min() < 0 or ids.max() >= config.vocab_size:
             raise InvalidRequestError(f"token ids must lie between 0 and {config.vocab_size - 1}", "bad_tensor")
-        return ScoreRequest(np.split(ids, np.cumsum(lengths)[:-1]), options)
+        return ScoreRequest(np.split(ids, np.cumsum(lengths)[:-1]), options, float(deadline))
 
     def score(self, requests: Sequence[ScoreRequest]) -> ScoredBatch:
         """Scores per request (sigmoid where asked): plain requests share one plan, each cascade runs its own."""
-        logits: list[np.ndarray] = []
-        exit_layers: list[np.ndarray] = []
-        plain = [request for request in requests if request.options.prefilter is None]
-        plain_logits, batches = self._score_plain(plain)
-        next_plain = iter(plain_logits)
-        for request in requests:
-            prefilter = request.options.prefilter
-            if prefilter is None:
-                logits.append(next(next_plain))
-                exit_layers.append(np.full(len(request.rows), request.options.layer, dtype=np.int32))
-            else:
-                values, exits, cascade_batches = self._score_cascade(request.rows, request.options, prefilter)
-                logits.append(values)
-                exit_layers.append(exits)
-                batches += cascade_batches
+        logits = [np.empty(len(request.rows), dtype=np.float32) for request in requests]
+        exit_layers = [np.full(len(request.rows), request.options.layer, dtype=np.int32) for request in requests]
+        abandoned: dict[int, str] = {}
+        plain = [i for i, request in enumerate(requests) if request.options.prefilter is None]
+        batches = self._score_plain(requests, plain, logits, abandoned)
+        for i, request in enumerate(requests):
+            if request.options.prefilter is None:
+                continue
+            try:
+                batches += self._score_cascade(request, logits[i], exit_layers[i])
+            except WorkAbandoned:
+                abandoned[i] = self._reason()
+        empty = np.empty(0, dtype=np.float32)
         scores = [
-            sigmoid(values) if request.options.normalize else values
-            for request, values in zip(requests, logits, strict=True)
+            empty if i in abandoned else sigmoid(values) if request.options.normalize else values
+            for i, (request, values) in enumerate(zip(requests, logits, strict=True))
         ]
+        exit_layers = [empty.astype(np.int32) if i in abandoned else exits for i, exits in enumerate(exit_layers)]
         processed = sum(batch.padded_tokens if self._pads else batch.real_tokens for batch in batches)
-        return ScoredBatch(scores, exit_layers, batches, processed)
+        return ScoredBatch(scores, exit_layers, abandoned, batches, processed)
 
     @property
     def _pads(self) -> bool:
@@ -110,33 +132,74 @@ class RerankerStep:
     def _plan(self, rows: Sequence[np.ndarray], layers: Sequence[int]) -> list[MicroBatch]:
         return plan_micro_batches([len(row) for row in rows], layers, self.max_batch_tokens, count_padding=self._pads)
 
-    def _score_plain(self, requests: Sequence[ScoreRequest]) -> tuple[list[np.ndarray], list[MicroBatch]]:
-        """Raw logits per request from one plan over all their pairs (grouped by exit layer, sorted by length)."""
-        rows = [row for request in requests for row in request.rows]
-        layers = [request.options.layer for request in requests for _ in request.rows]
-        dims = [request.options.dim for request in requests for _ in request.rows]
-        batches = self._plan(rows, layers)
-        logits = np.empty(len(rows), dtype=np.float32)
-        for batch in batches:
-            chosen = list(batch.indices)
-            logits[chosen] = self.reranker.logits(
-                np.concatenate([rows[i] for i in chosen]),
-                [len(rows[i]) for i in chosen],
-                batch.layer,
-                [dims[i] for i in chosen],
-            )
-        bounds = np.cumsum([0, *(len(request.rows) for request in requests)])
-        return [logits[start:end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)], batches
+    def _reason(self) -> str:
+        """Why work is being abandoned now: the server's shutdown, or else the request's own deadline."""
+        return "shutdown" if time.monotonic() >= self.shutdown.ends_at() else "deadline"
 
-    def _score_cascade(
-        self, rows: Sequence[np.ndarray], options: RerankOptions, prefilter: Prefilter
-    ) -> tuple[np.ndarray, np.ndarray, list[MicroBatch]]:
+    def _stop_at(self, deadline: float) -> StopCheck:
+        """A check where work may stop: past `deadline` or a shutdown's grace it raises WorkAbandoned."""
+
+        def stop_check() -> None:
+            if time.monotonic() >= min(deadline, self.shutdown.ends_at()):
+                raise WorkAbandoned
+
+        return stop_check
+
+    def _score_plain(
+        self,
+        requests: Sequence[ScoreRequest],
+        plain: Sequence[int],
+        logits: list[np.ndarray],
+        abandoned: dict[int, str],
+    ) -> list[MicroBatch]:
+        """Raw logits of the `plain` requests from one plan over all their pairs, written into `logits`.
+
+        Before each micro-batch the pairs of requests past their cutoff leave it; a micro-batch stops
+        between layers once all of its requests are past theirs. Returns the micro-batches that ran.
+        """
+        slots = [(i, j) for i in plain for j in range(len(requests[i].rows))]
+        rows = [requests[i].rows[j] for i, j in slots]
+        layers = [requests[i].options.layer for i, _ in slots]
+        ran: list[MicroBatch] = []
+        for batch in self._plan(rows, layers):
+            now = time.monotonic()
+            for i in {slots[k][0] for k in batch.indices} - abandoned.keys():
+                if now >= min(requests[i].deadline, self.shutdown.ends_at()):
+                    abandoned[i] = self._reason()
+            chosen = [k for k in batch.indices if slots[k][0] not in abandoned]
+            if not chosen:
+                continue
+            owners = {slots[k][0] for k in chosen}
+            try:
+                values = self.reranker.logits(
+                    np.concatenate([rows[k] for k in chosen]),
+                    [len(rows[k]) for k in chosen],
+                    batch.layer,
+                    [requests[slots[k][0]].options.dim for k in chosen],
+                    self._stop_at(max(requests[i].deadline for i in owners)),
+                )
+            except WorkAbandoned:
+                abandoned.update((i, self._reason()) for i in owners)
+                continue
+            for k, value in zip(chosen, values, strict=True):
+                i, j = slots[k]
+                logits[i][j] = value
+            lengths = [len(rows[k]) for k in chosen]
+            ran.append(MicroBatch(batch.layer, tuple(chosen), max(lengths), sum(lengths)))
+        return ran
+
+    def _score_cascade(self, request: ScoreRequest, logits: np.ndarray, exit_layers: np.ndarray) -> list[MicroBatch]:
         """Every row at the prefilter exit; the best `top_k` resumed from that layer's hidden states to the request's.
 
+        Writes the logits and each row's exit layer in place; returns the micro-batches that ran.
         Only the running best `top_k` rows' hidden states are kept between micro-batches, so memory
-        stays bounded by `top_k` rows plus one micro-batch. Ties keep the earlier document.
+        stays bounded by `top_k` rows plus one micro-batch. Ties keep the earlier document. Raises
+        WorkAbandoned once the request is past its cutoff.
         """
-        logits = np.empty(len(rows), dtype=np.float32)
+        rows, options = request.rows, request.options
+        prefilter = options.prefilter
+        assert prefilter is not None
+        stop_check = self._stop_at(request.deadline)
         kept: dict[int, torch.Tensor] = {}
         batches = self._plan(rows, [prefilter.layer] * len(rows))
         for batch in batches:
@@ -146,6 +209,7 @@ class RerankerStep:
                 [len(rows[i]) for i in chosen],
                 prefilter.layer,
                 [prefilter.dim] * len(chosen),
+                stop_check,
             )
             kept.update(zip(chosen, hidden, strict=True))
             best = sorted(kept, key=lambda i: (-logits[i], i))[: prefilter.top_k]
@@ -157,8 +221,8 @@ class RerankerStep:
         for batch in deep:
             chosen = [finalists[j] for j in batch.indices]
             logits[chosen] = self.reranker.continue_logits(
-                [kept[i] for i in chosen], prefilter.layer, options.layer, [options.dim] * len(chosen)
+                [kept[i] for i in chosen], prefilter.layer, options.layer, [options.dim] * len(chosen), stop_check
             )
-        exit_layers = np.full(len(rows), prefilter.layer, dtype=np.int32)
+        exit_layers[:] = prefilter.layer
         exit_layers[finalists] = options.layer
-        return logits, exit_layers, batches + deep
+        return batches + deep

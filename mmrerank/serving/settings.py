@@ -18,16 +18,16 @@ def model_parameters(model_config: Mapping[str, Any]) -> dict[str, str]:
     return {key: str(entry.get("string_value", "")) for key, entry in model_config.get("parameters", {}).items()}
 
 
-def integer_setting(parameters: Mapping[str, str], key: str) -> int:
-    """A required positive integer from the parameters block; fails loudly, naming the key."""
+def integer_setting(parameters: Mapping[str, str], key: str, minimum: int = 1) -> int:
+    """A required integer of at least `minimum` from the parameters block; fails loudly, naming the key."""
     if key not in parameters:
         raise SettingsError(f"model config lacks the parameter {key!r}")
     try:
         value = int(parameters[key])
     except ValueError as error:
         raise SettingsError(f"model config parameter {key!r} must be an integer, got {parameters[key]!r}") from error
-    if value < 1:
-        raise SettingsError(f"model config parameter {key!r} must be positive, got {value}")
+    if value < minimum:
+        raise SettingsError(f"model config parameter {key!r} must be at least {minimum}, got {value}")
     return value
 
 

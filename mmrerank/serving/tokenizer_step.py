@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,7 +16,16 @@ from mmrerank.serving.contract import (
     decode_texts,
     parse_options,
 )
+from mmrerank.serving.deadlines import request_deadline
 from mmrerank.serving.pair_tokenizer import EncodedPairs, PairTokenizer, PairTooLongError, QueryTooLongError
+
+
+@dataclass(frozen=True)
+class TokenizedRequest:
+    """One request's encoded pairs, and the monotonic instant after which nobody waits for its scores."""
+
+    pairs: EncodedPairs
+    deadline: float
 
 
 class TokenizerStep:
@@ -28,17 +39,26 @@ class TokenizerStep:
         max_text_bytes: int,
         max_request_tokens: int,
         max_request_bytes: int,
+        default_deadline_ms: int | None = None,
     ) -> None:
         self.spec = layout.spec
         self.max_documents = max_documents
         self.max_text_bytes = max_text_bytes
         self.max_request_tokens = max_request_tokens
         self.max_request_bytes = max_request_bytes
+        self.default_deadline_ms = default_deadline_ms
         self.max_tokens_per_pair = min(max_tokens_per_pair, layout.encoder_config.max_position_embeddings)
         self.tokenizer = PairTokenizer.from_file(layout.tokenizer_file)
 
-    def run(self, query: np.ndarray, documents: np.ndarray, parameters: Mapping[str, object]) -> EncodedPairs:
-        """Encode one request, or raise InvalidRequestError saying what is wrong with it."""
+    def run(
+        self, query: np.ndarray, documents: np.ndarray, parameters: Mapping[str, object], arrived: float | None = None
+    ) -> TokenizedRequest:
+        """Encode one request, or raise InvalidRequestError saying what is wrong with it.
+
+        Its deadline counts from `arrived` (the monotonic clock; now by default): the request's
+        `deadline_ms`, else the server's default, else none.
+        """
+        arrived = time.monotonic() if arrived is None else arrived
         options = parse_options(parameters, self.spec, self.max_tokens_per_pair, self.tokenizer.min_max_length)
         if query.size != 1:
             raise InvalidRequestError(f"'query' must hold exactly one text, got {query.size}", "bad_tensor")
@@ -59,4 +79,5 @@ class TokenizerStep:
                 "allowed per request (max_request_tokens): send fewer or shorter documents, or a lower max_length",
                 "request_tokens",
             )
-        return encoded
+        deadline_ms = options.deadline_ms if options.deadline_ms is not None else self.default_deadline_ms
+        return TokenizedRequest(encoded, request_deadline(arrived, deadline_ms))

@@ -54,6 +54,34 @@ def test_sigterm_drains_in_flight_requests(tiny_checkpoint, tmp_path, reranker, 
 
 
 @pytest.mark.slow
+def test_work_that_cannot_finish_before_the_exit_timeout_is_answered_unavailable(tiny_checkpoint, tmp_path):
+    """Queued and running work past the shutdown's grace gets a clean UNAVAILABLE, never a connection reset."""
+    server = start_server(tiny_checkpoint, tmp_path / "server.log")
+    long_documents = ["water " * 33_000] * 2  # two 32K-token pairs: far longer than the grace with 4 queued
+    try:
+        with RerankClient(f"grpc://{server.grpc_url}", timeout=120) as client, ThreadPoolExecutor(4) as pool:
+            futures = [pool.submit(client.score, "river", long_documents, layer=6) for _ in range(4)]
+            time.sleep(2)
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            outcomes = [future.exception() or future.result() for future in futures]
+            answered = time.monotonic() - started
+            exit_code = server.process.wait(timeout=60)
+            took = time.monotonic() - started
+    finally:
+        server.stop()
+    refused = [outcome for outcome in outcomes if isinstance(outcome, Exception)]
+    assert refused, "four 32K requests cannot all finish within the grace on this CPU"
+    for outcome in refused:
+        assert isinstance(outcome, ServerUnavailableError), repr(outcome)
+        assert "shutting down" in str(outcome) and "retry on another replica" in str(outcome)
+    assert answered < 30, f"every request must hear back before the 30 s exit timeout, took {answered:.1f} s"
+    assert exit_code == 0
+    assert took < 40, f"shutdown took {took:.1f} s"
+    assert "Traceback" not in server.log_path.read_text()
+
+
+@pytest.mark.slow
 def test_a_killed_backend_stub_is_detected_and_recovered(tiny_checkpoint, tmp_path):
     server = start_server(tiny_checkpoint, tmp_path / "server.log")
     try:

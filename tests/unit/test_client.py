@@ -133,16 +133,25 @@ def test_rerank_sends_the_contract_and_sorts(fake, url):
         ("documents", [3], "BYTES"),
     ]
     assert call["inputs"][1]._data == DOCS
-    assert call["parameters"] == {"layer": 6, "dim": 256, "normalize": False, "max_length": 512, "truncate": False}
+    assert call["parameters"] == {
+        "layer": 6, "dim": 256, "normalize": False, "max_length": 512, "truncate": False, "deadline_ms": 60_000,
+    }  # fmt: skip
     assert [r.index for r in response.results] == [1, 2, 0]
     assert response.results[0].truncated and response.results[0].num_tokens == len(DOCS[1]) + 3
     assert (response.layer, response.dim) == (6, 256)
     assert all(r.document is None for r in response)
 
 
-def test_defaults_send_only_normalize_and_truncate(fake):
+def test_defaults_send_normalize_truncate_and_the_timeout_as_deadline(fake):
     RerankClient().rerank("q", DOCS)
-    assert fake.calls[0]["parameters"] == {"normalize": True, "truncate": True}
+    assert fake.calls[0]["parameters"] == {"normalize": True, "truncate": True, "deadline_ms": 60_000}
+
+
+@pytest.mark.parametrize(("timeout", "deadline_ms"), [(2.5, 2500), (0.0001, 1), (1e9, 86_400_000), (None, None)])
+def test_the_call_timeout_becomes_the_servers_deadline(fake, timeout, deadline_ms):
+    """The server stops working on a request once the client has stopped waiting for it."""
+    RerankClient(timeout=timeout).rerank("q", DOCS)
+    assert fake.calls[-1]["parameters"].get("deadline_ms") == deadline_ms
 
 
 def test_top_n_and_return_documents(fake):
@@ -219,6 +228,7 @@ def test_async_client_matches_sync(fake, url):
     response, pairs = asyncio.run(run())
     assert [r.index for r in response] == [1, 2] and response.layer == 3
     assert pairs == pytest.approx([0.02, 0.01])
+    assert fake.calls[0]["parameters"]["deadline_ms"] == 60_000
 
 
 def test_async_timeout_raises_the_timeout_error(monkeypatch, fake):
@@ -270,6 +280,7 @@ def test_score_takes_typed_options_and_refuses_rerank_only_ones(fake):
         "layer": 3,
         "dim": 64,
         "max_length": 128,
+        "deadline_ms": 60_000,
     }
     with pytest.raises(TypeError, match="top_n"):
         client.score("q", DOCS, top_n=2)
@@ -323,7 +334,7 @@ def test_a_cascade_ranks_continued_documents_first_and_sends_its_parameters(fake
     assert [(r.index, r.exit_layer) for r in response] == [(3, 22), (1, 22), (0, 3), (2, 3)]
     assert fake.calls[-1]["parameters"] == {
         "normalize": True, "truncate": True, "layer": 22, "prefilter_layer": 3, "prefilter_dim": 64,
-        "prefilter_top_k": 2,
+        "prefilter_top_k": 2, "deadline_ms": 60_000,
     }  # fmt: skip
 
 

@@ -45,12 +45,18 @@ def test_token_ids_travel_ragged_between_the_steps():
     tokenizer = load(REPOSITORY / "tokenizer" / "config.pbtxt")
     produced = {t.name: list(t.dims) for t in tokenizer.output}
     assert produced["_input_ids"] == [1, -1] and produced["_lengths"] == [1, -1]
+    assert produced["_deadline"] == [1, 1]
     for path in [REPOSITORY / "reranker" / "config.pbtxt", *RERANKER_VARIANTS]:
         reranker = load(path)
-        assert [(t.name, list(t.dims), t.allow_ragged_batch) for t in reranker.input] == [
-            ("_input_ids", [-1], True),
-            ("_lengths", [-1], True),
+        assert [(t.name, list(t.dims), t.allow_ragged_batch, t.optional) for t in reranker.input] == [
+            ("_input_ids", [-1], True, False),
+            ("_lengths", [-1], True, False),
+            ("_deadline", [1], False, True),  # optional: a direct caller need not set one
         ], path.name
+    ensemble = load(REPOSITORY / "rerank" / "config.pbtxt")
+    tokens, scoring = ensemble.ensemble_scheduling.step
+    assert set(tokens.output_map) >= {"_input_ids", "_lengths", "_deadline"}
+    assert set(scoring.input_map) == {"_input_ids", "_lengths", "_deadline"}
 
 
 def test_every_model_config_parameter_is_documented():

@@ -10,6 +10,7 @@ import triton_python_backend_utils as pb_utils
 from mmrerank.layout import CheckpointLayout
 from mmrerank.model import MatryoshkaReranker
 from mmrerank.serving.contract import InvalidRequestError, parse_parameters
+from mmrerank.serving.deadlines import NO_DEADLINE, ShutdownNotice
 from mmrerank.serving.metrics import Metrics
 from mmrerank.serving.reranker_step import RerankerStep
 from mmrerank.serving.settings import SettingsError, checkpoint_location, integer_setting, model_parameters
@@ -42,7 +43,11 @@ class TritonPythonModel:
             dtype=_dtype(settings.get("dtype", "auto")),
             attention=settings.get("attention", "auto") or "auto",
         )
-        self.step = RerankerStep(reranker, max_batch_tokens=integer_setting(settings, "max_batch_tokens"))
+        self.step = RerankerStep(
+            reranker,
+            max_batch_tokens=integer_setting(settings, "max_batch_tokens"),
+            shutdown=ShutdownNotice.from_environment(),
+        )
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)
         started = time.perf_counter()
@@ -67,6 +72,7 @@ class TritonPythonModel:
                         pb_utils.get_input_tensor_by_name(request, "_input_ids").as_numpy(),
                         pb_utils.get_input_tensor_by_name(request, "_lengths").as_numpy(),
                         parse_parameters(request.parameters()),
+                        _deadline(request),
                     )
                 )
                 accepted.append(position)
@@ -82,11 +88,14 @@ class TritonPythonModel:
             for position in accepted:
                 responses[position] = _error("internal error while scoring", pb_utils.TritonError.INTERNAL)
             return responses
-        for position, values, exits in zip(accepted, scored.scores, scored.exit_layers, strict=True):
+        for index, position in enumerate(accepted):
+            if index in scored.abandoned:
+                responses[position] = ABANDONED[scored.abandoned[index]]()
+                continue
             responses[position] = pb_utils.InferenceResponse(
                 output_tensors=[
-                    pb_utils.Tensor("scores", values.reshape(1, -1)),
-                    pb_utils.Tensor("exit_layer", exits.reshape(1, -1)),
+                    pb_utils.Tensor("scores", scored.scores[index].reshape(1, -1)),
+                    pb_utils.Tensor("exit_layer", scored.exit_layers[index].reshape(1, -1)),
                 ]
             )
         self._record(prepared, scored)
@@ -95,15 +104,37 @@ class TritonPythonModel:
     def _record(self, prepared, scored):
         """Metrics after the answers are built: a failing metrics call must not turn them into errors."""
         try:
-            for request in prepared:
+            for index, request in enumerate(prepared):
+                if index in scored.abandoned:
+                    continue
                 exit_labels = {"layer": request.options.layer, "dim": request.options.dim}
                 self.metrics.add("mmrerank_pairs_scored_total", len(request.rows), **exit_labels)
                 self.metrics.add("mmrerank_tokens_scored_total", sum(len(row) for row in request.rows), **exit_labels)
             self.metrics.add("mmrerank_tokens_processed_total", scored.tokens_processed)
+            for reason in scored.abandoned.values():
+                self.metrics.add("mmrerank_requests_abandoned_total", 1, reason=reason)
             for batch in scored.batches:
                 self.metrics.add("mmrerank_micro_batches_total", 1, layer=batch.layer)
         except Exception:  # noqa: BLE001 - metrics are best effort
             self.logger.log_error(f"recording metrics failed:\n{traceback.format_exc()}")
+
+
+def _deadline(request):
+    """The monotonic instant the tokenizer step set; none when the model is called directly without it."""
+    tensor = pb_utils.get_input_tensor_by_name(request, "_deadline")
+    return NO_DEADLINE if tensor is None else float(tensor.as_numpy().reshape(-1)[0])
+
+
+ABANDONED = {
+    "deadline": lambda: _error(
+        "the request passed its deadline (deadline_ms) before it was scored; the server stopped its work",
+        pb_utils.TritonError.CANCELLED,
+    ),
+    "shutdown": lambda: _error(
+        "the server is shutting down and stopped this request before it was scored; retry on another replica",
+        pb_utils.TritonError.UNAVAILABLE,
+    ),
+}
 
 
 def _error(message, code):

@@ -1,8 +1,10 @@
 """Triton adapter of the tokenizer step: `query` + `documents` -> ragged token tensors, per-request errors."""
 
 import json
+import time
 import traceback
 
+import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mmrerank.layout import CheckpointLayout
@@ -24,19 +26,22 @@ class TritonPythonModel:
             max_text_bytes=integer_setting(settings, "max_text_bytes"),
             max_request_tokens=integer_setting(settings, "max_request_tokens"),
             max_request_bytes=integer_setting(settings, "max_request_bytes"),
+            default_deadline_ms=integer_setting(settings, "default_deadline_ms", minimum=0) or None,
         )
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)
 
     def execute(self, requests):
-        return [self._respond(request) for request in requests]
+        arrived = time.monotonic()  # deadlines count from here
+        return [self._respond(request, arrived) for request in requests]
 
-    def _respond(self, request):
+    def _respond(self, request, arrived):
         try:
-            encoded = self.step.run(
+            tokenized = self.step.run(
                 pb_utils.get_input_tensor_by_name(request, "query").as_numpy(),
                 pb_utils.get_input_tensor_by_name(request, "documents").as_numpy(),
                 parse_parameters(request.parameters()),
+                arrived,
             )
         except InvalidRequestError as error:
             self.metrics.add("mmrerank_requests_rejected_total", 1, step="tokenizer", reason=error.reason)
@@ -46,12 +51,14 @@ class TritonPythonModel:
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError("internal error while tokenizing", pb_utils.TritonError.INTERNAL)
             )
+        encoded = tokenized.pairs
         self.metrics.add("mmrerank_documents_truncated_total", int(encoded.truncated.sum()))
-        # One batch row per request: all pairs' ids end to end, and the length of each pair.
+        # One batch row per request: all pairs' ids end to end, the length of each pair, the deadline.
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("_input_ids", encoded.input_ids.reshape(1, -1)),
                 pb_utils.Tensor("_lengths", encoded.lengths.reshape(1, -1)),
+                pb_utils.Tensor("_deadline", np.array([[tokenized.deadline]], dtype=np.float64)),
                 pb_utils.Tensor("num_tokens", encoded.lengths),
                 pb_utils.Tensor("truncated", encoded.truncated),
             ]

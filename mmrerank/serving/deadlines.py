@@ -1,0 +1,60 @@
+"""When the server stops working on a request: its client's deadline, or the end of a shutdown's grace.
+
+A request's deadline is fixed when the tokenizer step receives it (`deadline_ms` from then, or the
+server's `default_deadline_ms`) and reaches the reranker step as an instant of the monotonic clock,
+which every process on the host shares. On SIGTERM the launcher writes into a notice file the instant
+its grace ends; past it, queued and running work is answered UNAVAILABLE instead of being cut off as
+connection resets by Triton's exit timeout. The reranker checks both before every micro-batch and
+every encoder layer, so work nobody waits for stops costing compute within one layer.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+NO_DEADLINE = math.inf
+SHUTDOWN_NOTICE_ENV = "MMRERANK_SHUTDOWN_NOTICE"
+
+
+class WorkAbandoned(Exception):
+    """Raised between encoder layers once every request of the running micro-batch is past its cutoff."""
+
+
+def request_deadline(arrived: float, deadline_ms: int | None) -> float:
+    """The monotonic instant a request that arrived at `arrived` stops being worth scoring."""
+    return NO_DEADLINE if deadline_ms is None else arrived + deadline_ms / 1000.0
+
+
+class ShutdownNotice:
+    """The instant a shutdown's grace ends, announced through a file the launcher writes on SIGTERM."""
+
+    def __init__(self, path: str | os.PathLike[str] | None) -> None:
+        self.path = Path(path) if path else None
+        self._ends_at = NO_DEADLINE
+
+    @classmethod
+    def from_environment(cls) -> ShutdownNotice:
+        """The notice file named by MMRERANK_SHUTDOWN_NOTICE (none: never shutting down)."""
+        return cls(os.environ.get(SHUTDOWN_NOTICE_ENV) or None)
+
+    def ends_at(self) -> float:
+        """The grace's end once a shutdown began, else infinity; a stat call while no shutdown is announced."""
+        if self._ends_at == NO_DEADLINE and self.path is not None and self.path.exists():
+            self._ends_at = float(self.path.read_text())  # `announce` replaces the file whole
+        return self._ends_at
+
+    def announce(self, grace_seconds: float) -> None:
+        """Launcher side: shutdown begins now, and work still running `grace_seconds` from now is abandoned."""
+        if self.path is None:
+            return
+        partial = self.path.with_suffix(".partial")
+        partial.write_text(repr(time.monotonic() + grace_seconds))
+        partial.replace(self.path)
+
+    def withdraw(self) -> None:
+        """Launcher side: a (re)started server is not shutting down."""
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
