@@ -1,8 +1,8 @@
 """Request and response shapes of the rerank API front: Cohere/Jina (`/v1/rerank`, `/v2/rerank`) and TEI (`/rerank`).
 
 Unknown fields are refused, as the Triton path refuses unknown parameters. The optional fields
-`layer`, `dim`, `normalize`, `max_length`, `truncate` and `prefilter_*` pass through to the
-`rerank` model as request parameters.
+`layer`, `dim`, `normalize`, `max_length`, `truncate`, `prefilter_*` and `deadline_ms` pass through
+to the `rerank` model as request parameters.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Passthrough(BaseModel):
     prefilter_layer: int | None = None
     prefilter_dim: int | None = None
     prefilter_top_k: int | None = None
+    deadline_ms: int | None = None
 
     def parameters(self) -> dict[str, Any]:
         """The fields that were given, as Triton request parameters."""

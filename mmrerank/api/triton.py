@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -9,6 +10,8 @@ from typing import Any
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
+
+from mmrerank.serving.contract import MAX_DEADLINE_MS
 
 MODEL = "rerank"
 OUTPUTS = ("scores", "num_tokens", "truncated", "exit_layer")
@@ -73,13 +76,18 @@ class TritonReranker:
         return self._client
 
     async def rank(self, query: str, documents: list[str], parameters: dict[str, Any]) -> Ranking:
-        """Scores of `documents` against `query` with these request parameters."""
+        """Scores of `documents` against `query` with these request parameters.
+
+        Without a `deadline_ms` of the caller's, this front's own timeout becomes the request's
+        deadline, so the server stops working on it once this front stops waiting.
+        """
+        parameters = {"deadline_ms": min(MAX_DEADLINE_MS, math.ceil(self.timeout * 1000)), **parameters}
         inputs = [grpcaio.InferInput("query", [1], "BYTES"), grpcaio.InferInput("documents", [len(documents)], "BYTES")]
         inputs[0].set_data_from_numpy(np.array([query.encode("utf-8")], dtype=np.object_))
         inputs[1].set_data_from_numpy(np.array([text.encode("utf-8") for text in documents], dtype=np.object_))
         try:
             result = await self.client.infer(
-                MODEL, inputs, parameters=parameters or None, headers=self.headers, client_timeout=self.timeout
+                MODEL, inputs, parameters=parameters, headers=self.headers, client_timeout=self.timeout
             )
         except InferenceServerException as error:
             raise status_of(error) from error

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
 from mmrerank.api.app import create_app
-from mmrerank.api.triton import Ranking, UpstreamError
+from mmrerank.api.triton import Ranking, TritonReranker, UpstreamError
 
 FACTS = {"checkpoint": "demo-tiny", "layer_indices": "1,2,4,6", "dim_indices": "8,16,32,64,128",
          "max_tokens_per_pair": "32768", "max_documents": "1000"}  # fmt: skip
@@ -162,3 +164,24 @@ def test_health_models_and_the_openapi_page(api, triton):
     triton.error = UpstreamError(503, "down")
     answer = api.get("/health")
     assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
+
+
+class RecordingGrpcClient:
+    """Stands in for tritonclient's asyncio gRPC client: records what `infer` was sent."""
+
+    def __init__(self) -> None:
+        self.sent: dict = {}
+
+    async def infer(self, model, inputs, parameters=None, headers=None, client_timeout=None):
+        self.sent = {"model": model, "parameters": parameters, "client_timeout": client_timeout}
+        raise UpstreamError(599, "recorded")
+
+
+@pytest.mark.parametrize(("given", "deadline_ms"), [({}, 30_000), ({"deadline_ms": 500}, 500), ({"layer": 2}, 30_000)])
+def test_the_fronts_timeout_is_the_requests_deadline_unless_the_caller_set_one(given, deadline_ms):
+    reranker = TritonReranker("127.0.0.1:1", None, timeout=30.0)
+    reranker._client = recording = RecordingGrpcClient()
+    with pytest.raises(UpstreamError):
+        asyncio.run(reranker.rank("q", ["a"], dict(given)))
+    assert recording.sent["parameters"] == {**given, "deadline_ms": deadline_ms}
+    assert recording.sent["client_timeout"] == 30.0
