@@ -118,6 +118,9 @@ def server_command(
         f"--metrics-port={args.metrics_port}",
         "--disable-auto-complete-config",
         f"--exit-timeout-secs={EXIT_TIMEOUT_SECONDS}",
+        # Triton otherwise keeps up to 8 gRPC request objects for reuse, each holding the memory of the
+        # largest request it carried: ten 200 MB requests left 1.1 GB held; without reuse, 0.16 GB.
+        "--grpc-infer-allocation-pool-size=0",
         f"--log-verbose={args.log_verbose}",
     ]
     if backend_dir is not None:

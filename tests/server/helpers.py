@@ -11,7 +11,8 @@ from mmrerank.serving.reranker_step import sigmoid
 MODEL = "rerank"
 
 
-def _inputs(module, query: str | bytes, documents: list[str | bytes]):
+def rerank_inputs(module, query: str | bytes, documents):
+    """The `rerank` model's two BYTES inputs for tritonclient's http or grpc `module`."""
     query_array = np.array([query.encode() if isinstance(query, str) else query], dtype=np.object_)
     docs_array = np.array([d.encode() if isinstance(d, str) else d for d in documents], dtype=np.object_)
     tensors = [module.InferInput("query", [1], "BYTES"), module.InferInput("documents", [len(documents)], "BYTES")]
@@ -25,7 +26,7 @@ def infer(protocol: str, url: str, query, documents, **parameters) -> dict[str, 
     module = httpclient if protocol == "http" else grpcclient
     client = module.InferenceServerClient(url)
     try:
-        result = client.infer(MODEL, _inputs(module, query, documents), parameters=parameters or None)
+        result = client.infer(MODEL, rerank_inputs(module, query, documents), parameters=parameters or None)
     finally:
         client.close()
     return {name: result.as_numpy(name) for name in ("scores", "num_tokens", "truncated", "exit_layer")}

@@ -13,8 +13,9 @@ import pytest
 
 from mmrerank.launch import launcher
 from mmrerank.launch.repository import RepositoryError, config_parameters, materialize
-from mmrerank.launch.supervisor import LaunchError, child_states
+from mmrerank.launch.supervisor import LaunchError, Supervisor, child_states
 from mmrerank.serving.contract import PARAMETERS
+from mmrerank.serving.deadlines import ShutdownNotice
 
 
 def command(tmp_path, monkeypatch, *argv, env=None):
@@ -33,6 +34,7 @@ def test_defaults_bind_loopback_and_pick_the_cpu_config_without_a_gpu(tmp_path, 
     built = command(tmp_path, monkeypatch)
     assert {"--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"} <= set(built.argv)
     assert "--model-config-name=cpu" in built.argv
+    assert "--grpc-infer-allocation-pool-size=0" in built.argv  # no gRPC request object keeps a large request's memory
     assert built.env == {"MMRERANK_CHECKPOINT": "/ckpt", "OMP_WAIT_POLICY": "PASSIVE"}
     assert not any("restricted" in arg or "model-control" in arg for arg in built.argv)
 
@@ -117,3 +119,16 @@ def test_a_killed_child_shows_as_a_zombie_until_reaped():
     finally:
         child.kill()
         child.wait()
+
+
+def test_sigterm_announces_the_shutdown_grace_before_forwarding_the_signal(tmp_path):
+    notice = ShutdownNotice(tmp_path / "shutting-down")
+    supervisor = Supervisor(["sleep", "30"], dict(os.environ), "http://127.0.0.1:1/", 1, 5, shutdown=(notice, 25))
+    supervisor.process = subprocess.Popen(["sleep", "30"])
+    try:
+        before = time.monotonic()
+        supervisor.stop(signal.SIGTERM)
+        assert supervisor.process.wait(timeout=5) == -signal.SIGTERM
+        assert before + 25 <= ShutdownNotice(notice.path).ends_at() <= time.monotonic() + 25
+    finally:
+        supervisor.kill_if_running()
