@@ -3,6 +3,7 @@ overload, API keys."""
 
 from __future__ import annotations
 
+import http.client
 import random
 import shutil
 import signal
@@ -82,6 +83,27 @@ def test_work_that_cannot_finish_before_the_exit_timeout_is_answered_unavailable
     assert exit_code == 0
     assert took < 40, f"shutdown took {took:.1f} s"
     assert "Traceback" not in server.log_path.read_text()
+
+
+@pytest.mark.slow
+def test_idle_keep_alive_connections_do_not_hold_up_shutdown(tiny_checkpoint, tmp_path):
+    server = start_server(tiny_checkpoint, tmp_path / "server.log")
+    try:
+        idle_http = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
+        idle_http.request("GET", "/v2/health/ready")  # HTTP/1.1: the connection stays open afterwards
+        assert idle_http.getresponse().read() == b""
+        with RerankClient(f"http://{server.http_url}") as pooled, RerankClient(f"grpc://{server.grpc_url}") as channel:
+            pooled.rerank("river", ["a river"])  # leaves a pooled keep-alive connection and a gRPC channel open
+            channel.rerank("river", ["a river"])
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            exit_code = server.process.wait(timeout=60)
+            took = time.monotonic() - started
+        idle_http.close()
+    finally:
+        server.stop()
+    assert exit_code == 0
+    assert took < 15, f"shutdown with idle connections took {took:.1f} s (the exit timeout is 30 s)"
 
 
 def held_memory_mb(process: psutil.Process) -> tuple[float, float]:
