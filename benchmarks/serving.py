@@ -42,10 +42,11 @@ def in_process(checkpoint: Path, requests: list[tuple[str, list[str]]], max_batc
     score = RerankerStep(MatryoshkaReranker.from_pretrained(layout, device="cpu"), max_batch_tokens)
 
     def one(query: str, documents: list[str]) -> None:
-        encoded = tokenize.run(
+        tokenized = tokenize.run(
             np.array([query.encode()], dtype=object), np.array([d.encode() for d in documents], dtype=object), {}
         )
-        score.score([score.prepare(encoded.input_ids, encoded.lengths, {})])
+        pairs = tokenized.pairs
+        score.score([score.prepare(pairs.input_ids, pairs.lengths, {}, tokenized.deadline)])
 
     one(*requests[0])
     start = time.perf_counter()
