@@ -3,8 +3,8 @@
 Global layers use SDPA with a per-key padding mask (or none when no row is padded); sliding-window
 layers attend block by block, each block of `half_window` queries seeing only its own and its two
 neighbouring key blocks. Padded query rows may see padded keys so that no softmax row is empty.
-Given a stop check, a long global layer runs its queries in blocks and calls it between them, so
-abandoned work stops within a fraction of a layer (a 32K-token global layer takes seconds on a CPU).
+Given a stop check, a long global layer on the CPU runs its queries in blocks and calls it between
+them, so abandoned work stops within a fraction of a layer (a 32K-token global layer takes seconds there).
 """
 
 from __future__ import annotations
@@ -39,12 +39,13 @@ def global_attention(
 ) -> torch.Tensor:
     """Full bidirectional attention over [batch, heads, length, head_dim] tensors.
 
-    `valid` is the [batch, length] key mask, or None when no row is padded. With `stop_check`,
-    queries run in blocks of GLOBAL_QUERY_BLOCK and the check is called between blocks.
+    `valid` is the [batch, length] key mask, or None when no row is padded. With `stop_check` on
+    the CPU, queries run in blocks of GLOBAL_QUERY_BLOCK and the check is called between blocks (a
+    GPU runs a whole 32K-token layer in milliseconds: blocks would only add kernel launches there).
     """
     mask = None if valid is None else valid[:, None, None, :]
     length = query.shape[2]
-    if stop_check is None or length <= GLOBAL_QUERY_BLOCK:
+    if stop_check is None or length <= GLOBAL_QUERY_BLOCK or query.device.type != "cpu":
         return F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
     blocks = []
     for start in range(0, length, GLOBAL_QUERY_BLOCK):
