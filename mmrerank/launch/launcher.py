@@ -229,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
             ready_timeout=args.ready_timeout,
             exit_timeout=EXIT_TIMEOUT_SECONDS + 10,
             shutdown=(notice, EXIT_TIMEOUT_SECONDS - ANSWER_MARGIN_SECONDS),
+            http_port=args.http_port,
+            metrics_url=f"http://{host}:{args.metrics_port}/metrics",
             companions=[api_front(args, host)] if args.api_port else [],
         )
         signal.signal(signal.SIGTERM, supervisor.stop)

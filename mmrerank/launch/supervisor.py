@@ -17,6 +17,7 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from mmrerank.launch.connections import close_idle_connections, server_is_idle
 from mmrerank.serving.deadlines import ShutdownNotice
 
 LOGGER = logging.getLogger("mmrerank.serve")
@@ -112,10 +113,18 @@ class Supervisor:
         restart_window: float = 600.0,
         companions: Sequence[Companion] = (),
         shutdown: tuple[ShutdownNotice, float] | None = None,
+        http_port: int | None = None,
+        metrics_url: str | None = None,
     ) -> None:
-        """`shutdown`: the notice the models watch, and the seconds of grace it announces on SIGTERM."""
+        """`shutdown`: the notice the models watch, and the seconds of grace it announces on SIGTERM.
+
+        `http_port`, `metrics_url`: Triton's HTTP port, whose idle keep-alive connections are closed
+        while it stops, and its metrics page, which says when nothing is in progress any more.
+        """
         self.argv, self.env = list(argv), dict(env)
         self.shutdown = shutdown
+        self.http_port, self.metrics_url = http_port, metrics_url
+        self._idle_polls = 0
         self.companions = list(companions)
         self.ready_url, self.ready_timeout, self.exit_timeout = ready_url, ready_timeout, exit_timeout
         self.max_restarts, self.restart_window = max_restarts, restart_window
@@ -175,6 +184,7 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 pass
             if self.stopping:
+                self._close_idle_http_connections()
                 continue
             if not self._companions_alive():
                 return 1
@@ -198,6 +208,28 @@ class Supervisor:
             self.start()
             LOGGER.info("tritonserver ready again after restart %d", len(self.restarts))
             stubs = self._live_stubs()
+
+    def _close_idle_http_connections(self) -> None:
+        """While stopping, close the idle HTTP connections tritonserver would otherwise wait out.
+
+        Only once nothing has been in progress for two polls in a row (a second apart).
+        """
+        if self.http_port is None or self.metrics_url is None or self.process is None:
+            return
+        self._idle_polls = self._idle_polls + 1 if server_is_idle(self.metrics_url) else 0
+        if self._idle_polls < 2:
+            return
+        try:
+            closed = close_idle_connections(self.process.pid, self.http_port)
+        except OSError as error:
+            LOGGER.warning(
+                "cannot close idle HTTP connections (%s); tritonserver waits for their clients, up to its exit timeout",
+                error,
+            )
+            self.http_port = None
+            return
+        if closed:
+            LOGGER.info("closed %d idle HTTP connection(s) so tritonserver can stop", closed)
 
     def _companions_alive(self) -> bool:
         """Restart a companion that died; False once the restart budget is spent."""

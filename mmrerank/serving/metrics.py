@@ -6,6 +6,8 @@ The Triton models pass in `triton_python_backend_utils`; tests pass a stand-in w
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 COUNTERS: dict[str, str] = {
@@ -19,9 +21,14 @@ COUNTERS: dict[str, str] = {
     "mmrerank_requests_abandoned_total": "Requests stopped past their deadline or a shutdown's grace, by reason",
 }
 
+GAUGES: dict[str, str] = {
+    # The launcher reads it at shutdown: with nothing executing or queued, open HTTP connections are idle.
+    "mmrerank_requests_executing": "Requests a model instance is working on right now, by step and instance",
+}
+
 
 class Metrics:
-    """Counters named in COUNTERS, incremented with labels."""
+    """Counters named in COUNTERS (incremented) and gauges named in GAUGES (set), with labels."""
 
     def __init__(self, backend: Any) -> None:
         self._backend = backend
@@ -30,12 +37,35 @@ class Metrics:
 
     def add(self, name: str, value: float, **labels: object) -> None:
         """Increase counter `name` by `value` for this label set."""
-        if value <= 0:
-            return
+        if value > 0:
+            self._metric(name, labels).increment(float(value))
+
+    def set(self, name: str, value: float, **labels: object) -> None:
+        """Set gauge `name` to `value` for this label set."""
+        self._metric(name, labels).set(float(value))
+
+    def report_executing(self, count: int, **labels: object) -> None:
+        """Set `mmrerank_requests_executing`; best effort: a failing metrics backend never fails requests."""
+        with suppress(Exception):
+            self.set("mmrerank_requests_executing", count, **labels)
+
+    @contextmanager
+    def executing(self, count: int, **labels: object) -> Iterator[None]:
+        """Report `count` requests executing while the block runs, then 0."""
+        self.report_executing(count, **labels)
+        try:
+            yield
+        finally:
+            self.report_executing(0, **labels)
+
+    def _metric(self, name: str, labels: dict[str, object]) -> Any:
         if name not in self._families:
             family_class = self._backend.MetricFamily
-            self._families[name] = family_class(name=name, description=COUNTERS[name], kind=family_class.COUNTER)
+            kind, description = (
+                (family_class.GAUGE, GAUGES[name]) if name in GAUGES else (family_class.COUNTER, COUNTERS[name])
+            )
+            self._families[name] = family_class(name=name, description=description, kind=kind)
         key = (name, tuple(sorted((k, str(v)) for k, v in labels.items())))
         if key not in self._metrics:
             self._metrics[key] = self._families[name].Metric(labels=dict(key[1]))
-        self._metrics[key].increment(float(value))
+        return self._metrics[key]

@@ -87,23 +87,35 @@ def test_work_that_cannot_finish_before_the_exit_timeout_is_answered_unavailable
 
 @pytest.mark.slow
 def test_idle_keep_alive_connections_do_not_hold_up_shutdown(tiny_checkpoint, tmp_path):
+    """Idle HTTP keep-alive connections are closed; one still waiting for its answer gets it first."""
     server = start_server(tiny_checkpoint, tmp_path / "server.log")
     try:
         idle_http = http.client.HTTPConnection("127.0.0.1", server.http_port, timeout=10)
         idle_http.request("GET", "/v2/health/ready")  # HTTP/1.1: the connection stays open afterwards
         assert idle_http.getresponse().read() == b""
-        with RerankClient(f"http://{server.http_url}") as pooled, RerankClient(f"grpc://{server.grpc_url}") as channel:
+        with (
+            RerankClient(f"http://{server.http_url}", timeout=120) as pooled,
+            RerankClient(f"grpc://{server.grpc_url}") as channel,
+            ThreadPoolExecutor(1) as pool,
+        ):
             pooled.rerank("river", ["a river"])  # leaves a pooled keep-alive connection and a gRPC channel open
             channel.rerank("river", ["a river"])
-            started = time.monotonic()
-            server.process.send_signal(signal.SIGTERM)
-            exit_code = server.process.wait(timeout=60)
-            took = time.monotonic() - started
+            with RerankClient(f"http://{server.http_url}", timeout=120) as waiting:
+                in_flight = pool.submit(waiting.score, "river", ["water " * 17_000] * 2, layer=6)  # seconds of work
+                time.sleep(0.5)
+                started = time.monotonic()
+                server.process.send_signal(signal.SIGTERM)
+                exit_code = server.process.wait(timeout=60)
+                took = time.monotonic() - started
+                answered = in_flight.result()
         idle_http.close()
     finally:
         server.stop()
+    assert len(answered) == 2 and all(0 <= score <= 1 for score in answered)
     assert exit_code == 0
-    assert took < 15, f"shutdown with idle connections took {took:.1f} s (the exit timeout is 30 s)"
+    # Triton 2.51 alone waits out its 30 s exit timeout for idle connections, then exits 1.
+    assert took < 20, f"shutdown with idle connections took {took:.1f} s"
+    assert "closed" in server.log_path.read_text() and "idle HTTP connection" in server.log_path.read_text()
 
 
 def held_memory_mb(process: psutil.Process) -> tuple[float, float]:
@@ -131,13 +143,15 @@ def test_large_requests_leave_bounded_memory_behind(tiny_checkpoint, tmp_path):
         client.close()
     finally:
         server.stop()
-    (private_1, shared_1), (private_2, shared_2) = rounds
-    # Triton's default gRPC object pool held 1.1 GB of private memory here; without it, about 0.2 GB.
-    assert private_1 - start[0] < 400, (start, rounds)
+    (_, shared_1), (_, shared_2) = rounds
+    # Triton's default gRPC object pool held 1.1 GB of private memory here; without it 0.2-0.3 GB,
+    # which ten more requests move by at most about 100 MB either way (glibc's arenas), not by 200 MB each.
+    for private, _ in rounds:
+        assert private - start[0] < 400, (start, rounds)
     # The Python backend's shared-memory pools grow to the largest request each tokenizer instance saw,
-    # then are reused: the second ten requests add (almost) nothing.
+    # then are reused: the second ten requests add nothing there.
     assert shared_1 - start[1] < 2 * 250, (start, rounds)
-    assert (private_2 + shared_2) - (private_1 + shared_1) < 100, (start, rounds)
+    assert shared_2 - shared_1 < 10, (start, rounds)
 
 
 @pytest.mark.slow

@@ -59,6 +59,7 @@ class FakeRequest:
 
 class MetricFamily:
     COUNTER = "counter"
+    GAUGE = "gauge"
     values: dict[tuple[str, tuple], float] = {}
 
     def __init__(self, name: str, description: str, kind: str) -> None:
@@ -67,12 +68,15 @@ class MetricFamily:
     def Metric(self, labels: dict[str, str]):  # noqa: N802 - the backend's spelling
         family, key = self, (self.name, tuple(sorted(labels.items())))
 
-        class Counter:
+        class Metric:
             def increment(self, value: float) -> None:
                 MetricFamily.values[key] = MetricFamily.values.get(key, 0.0) + value
 
+            def set(self, value: float) -> None:
+                MetricFamily.values[key] = value
+
         del family
-        return Counter()
+        return Metric()
 
 
 def stub_module() -> types.ModuleType:

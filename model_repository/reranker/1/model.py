@@ -50,6 +50,8 @@ class TritonPythonModel:
         )
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)
+        self.instance = args.get("model_instance_name", "reranker")
+        self.metrics.report_executing(0, step="reranker", instance=self.instance)  # present before any request
         started = time.perf_counter()
         warmed = self.step.warm_up()  # readiness means warm: Triton marks the model ready after initialize
         self.logger.log_info(
@@ -59,6 +61,10 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
+        with self.metrics.executing(len(requests), step="reranker", instance=self.instance):
+            return self._answer(requests)
+
+    def _answer(self, requests):
         responses = [None] * len(requests)
         accepted, prepared = [], []
         for position, request in enumerate(requests):

@@ -30,10 +30,13 @@ class TritonPythonModel:
         )
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)
+        self.instance = args.get("model_instance_name", "tokenizer")
+        self.metrics.report_executing(0, step="tokenizer", instance=self.instance)  # present before any request
 
     def execute(self, requests):
         arrived = time.monotonic()  # deadlines count from here
-        return [self._respond(request, arrived) for request in requests]
+        with self.metrics.executing(len(requests), step="tokenizer", instance=self.instance):
+            return [self._respond(request, arrived) for request in requests]
 
     def _respond(self, request, arrived):
         try:
