@@ -237,14 +237,15 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, supervisor.stop)
         try:
             supervisor.start()
-            LOGGER.info(
-                "ready: HTTP http://%s:%d  gRPC %s:%d  metrics http://%s:%d/metrics  (model 'rerank')",
-                host, args.http_port, host, args.grpc_port, host, args.metrics_port,
-            )  # fmt: skip
-            if args.api_port:
+            if not supervisor.stopping:  # a SIGTERM during start-up goes straight to draining
                 LOGGER.info(
-                    "rerank API: http://%s:%d/v1/rerank, /v2/rerank, /rerank (docs at /docs)", host, args.api_port
-                )
+                    "ready: HTTP http://%s:%d  gRPC %s:%d  metrics http://%s:%d/metrics  (model 'rerank')",
+                    host, args.http_port, host, args.grpc_port, host, args.metrics_port,
+                )  # fmt: skip
+                if args.api_port:
+                    LOGGER.info(
+                        "rerank API: http://%s:%d/v1/rerank, /v2/rerank, /rerank (docs at /docs)", host, args.api_port
+                    )
             status = supervisor.supervise()
             supervisor.finish(grace=EXIT_TIMEOUT_SECONDS)
             return status

@@ -133,7 +133,10 @@ class Supervisor:
         self.restarts: list[float] = []
 
     def start(self) -> None:
-        """Start tritonserver and wait until it reports ready, then any companion not yet running."""
+        """Start tritonserver and wait until it reports ready, then any companion not yet running.
+
+        A SIGTERM meanwhile ends the wait without an error: tritonserver is then draining, not killed.
+        """
         if self.shutdown is not None and not self.stopping:
             self.shutdown[0].withdraw()
         self.process = subprocess.Popen(self.argv, env=self.env)
@@ -143,8 +146,9 @@ class Supervisor:
                 if companion.process is None or companion.died():
                     companion.start(self.ready_timeout)
         except LaunchError:
-            if not self.stopping:
-                self._terminate(self.exit_timeout)
+            if self.stopping:
+                return  # told to stop while starting (a companion exits on SIGTERM): supervise() drains
+            self._terminate(self.exit_timeout)
             raise
 
     def stop(self, signum: int, _frame: object = None) -> None:

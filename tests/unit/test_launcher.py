@@ -6,14 +6,16 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from mmrerank.dev.background import free_ports
 from mmrerank.launch import launcher
 from mmrerank.launch.repository import RepositoryError, config_parameters, materialize
-from mmrerank.launch.supervisor import LaunchError, Supervisor, child_states
+from mmrerank.launch.supervisor import Companion, LaunchError, Supervisor, child_states
 from mmrerank.serving.contract import PARAMETERS
 from mmrerank.serving.deadlines import ShutdownNotice
 
@@ -130,5 +132,36 @@ def test_sigterm_announces_the_shutdown_grace_before_forwarding_the_signal(tmp_p
         supervisor.stop(signal.SIGTERM)
         assert supervisor.process.wait(timeout=5) == -signal.SIGTERM
         assert before + 25 <= ShutdownNotice(notice.path).ends_at() <= time.monotonic() + 25
+    finally:
+        supervisor.kill_if_running()
+
+
+# Stands in for tritonserver: answers readiness with 200, and on SIGTERM takes a moment to drain, then exits 0.
+FAKE_SERVER = """
+import http.server, signal, sys, threading, time
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200); self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", int(sys.argv[1])), Ready)
+signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=lambda: (time.sleep(0.5), server.shutdown())).start())
+server.serve_forever()
+"""
+
+
+def test_a_sigterm_while_starting_drains_tritonserver_instead_of_killing_it(tmp_path):
+    port = free_ports(1)[0]
+    api_front = Companion("rerank API front", [sys.executable, "-c", "pass"], dict(os.environ), "http://127.0.0.1:1/")
+    supervisor = Supervisor(
+        [sys.executable, "-c", FAKE_SERVER, str(port)], dict(os.environ), f"http://127.0.0.1:{port}/", 30, 5,
+        companions=[api_front],
+    )  # fmt: skip
+    supervisor.stopping = True  # as if SIGTERM came while the launcher waited for its companion
+    try:
+        supervisor.start()  # the companion has exited: no error while stopping, and tritonserver lives on
+        assert supervisor.process.poll() is None
+        supervisor.process.send_signal(signal.SIGTERM)
+        assert supervisor.supervise(poll_seconds=0.1) == 0  # it drained and exited by itself
     finally:
         supervisor.kill_if_running()
