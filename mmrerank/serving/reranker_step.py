@@ -136,11 +136,15 @@ class RerankerStep:
         """Why work is being abandoned now: the server's shutdown, or else the request's own deadline."""
         return "shutdown" if time.monotonic() >= self.shutdown.ends_at() else "deadline"
 
+    def _past(self, deadline: float) -> bool:
+        """Whether `deadline` or a shutdown's grace has passed."""
+        return time.monotonic() >= min(deadline, self.shutdown.ends_at())
+
     def _stop_at(self, deadline: float) -> StopCheck:
         """A check where work may stop: past `deadline` or a shutdown's grace it raises WorkAbandoned."""
 
         def stop_check() -> None:
-            if time.monotonic() >= min(deadline, self.shutdown.ends_at()):
+            if self._past(deadline):
                 raise WorkAbandoned
 
         return stop_check
@@ -162,9 +166,8 @@ class RerankerStep:
         layers = [requests[i].options.layer for i, _ in slots]
         ran: list[MicroBatch] = []
         for batch in self._plan(rows, layers):
-            now = time.monotonic()
             for i in {slots[k][0] for k in batch.indices} - abandoned.keys():
-                if now >= min(requests[i].deadline, self.shutdown.ends_at()):
+                if self._past(requests[i].deadline):
                     abandoned[i] = self._reason()
             chosen = [k for k in batch.indices if slots[k][0] not in abandoned]
             if not chosen:
