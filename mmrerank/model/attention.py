@@ -5,6 +5,8 @@ layers attend block by block, each block of `half_window` queries seeing only it
 neighbouring key blocks. Padded query rows may see padded keys so that no softmax row is empty.
 Given a stop check, a long global layer on the CPU runs its queries in blocks and calls it between
 them, so abandoned work stops within a fraction of a layer (a 32K-token global layer takes seconds there).
+At the exit layer only each sequence's first token is queried: a softmax per sequence over its
+ragged keys, with no padding at all.
 """
 
 from __future__ import annotations
@@ -109,11 +111,21 @@ def local_attention(
     return _blocked_local_attention(query, key, value, valid, half_window)
 
 
-def cls_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, valid: torch.Tensor, half_window: int | None
+def ragged_cls_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, sequence: torch.Tensor
 ) -> torch.Tensor:
-    """Attention for position 0 only (query [batch, heads, 1, head_dim]), globally or in its window."""
-    if half_window is not None:
-        reach = min(key.shape[2], half_window + 1)
-        key, value, valid = key[:, :, :reach], value[:, :, :reach], valid[:, :reach]
-    return F.scaled_dot_product_attention(query, key, value, attn_mask=valid[:, None, None, :])
+    """Attention of one query per sequence over that sequence's keys, with no padding.
+
+    `query` is [sequences, heads, head_dim]; `key` and `value` are packed [keys, heads, head_dim],
+    key i belonging to sequence `sequence[i]`. A softmax per sequence (segment maxima and sums),
+    in fp32: memory grows with the keys given, never with sequences x longest.
+    """
+    count, heads, head_dim = query.shape
+    scores = (key.float() * query.float()[sequence]).sum(-1) * head_dim**-0.5  # [keys, heads]
+    by_sequence = sequence[:, None].expand_as(scores)
+    maxima = scores.new_full((count, heads), float("-inf")).scatter_reduce(0, by_sequence, scores, "amax")
+    weights = (scores - maxima[sequence]).exp()
+    totals = weights.new_zeros(count, heads).index_add_(0, sequence, weights)
+    weighted = value.new_zeros(count, heads, head_dim, dtype=torch.float32)
+    weighted.index_add_(0, sequence, weights[..., None] * value.float())
+    return (weighted / totals[..., None]).to(query.dtype)

@@ -8,21 +8,37 @@ entry in `KERNELS`.
 - `padded`: pads each micro-batch for attention only and runs the linear-memory SDPA functions
   of `mmrerank.model.attention` (key-padding masks, blocked sliding windows).
 - `packed-sdpa`: one SDPA call per sequence, no padding at all.
+- `varlen`: PyTorch's own variable-length FlashAttention (`torch.nn.attention.varlen`, torch 2.11
+  or later for `window_size`), on a GPU in bf16/fp16; no extra package.
 - `flash`: FlashAttention-2 `flash_attn_varlen_func` with `window_size`, where `flash_attn` is
   installed on a GPU.
+
+No kernel pads more than the planner budgets: the exit layer, where only each sequence's first
+token (its CLS) is queried, attends over the ragged keys for every kernel.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
+import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from mmrerank.model.attention import StopCheck, cls_attention, global_attention, key_padding_mask, local_attention
+from mmrerank.model.attention import (
+    StopCheck,
+    global_attention,
+    key_padding_mask,
+    local_attention,
+    ragged_cls_attention,
+)
+
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +48,7 @@ class PackedRows:
     lengths: torch.Tensor  # [sequences], int64
     cu_seqlens: torch.Tensor  # [sequences + 1], int64: start offsets, then the total
     positions: torch.Tensor  # [tokens]: position of each token within its sequence
+    sequence: torch.Tensor  # [tokens]: the sequence each token belongs to
     padded_index: torch.Tensor  # [tokens]: where each token lands in a [sequences * longest] padded layout
     host_lengths: tuple[int, ...]  # the same lengths on the host, so no kernel needs a device sync
 
@@ -46,12 +63,23 @@ class PackedRows:
         sequence = torch.repeat_interleave(
             torch.arange(len(host_lengths), device=lengths.device), lengths, output_size=total
         )
-        return cls(lengths, cu_seqlens, positions, sequence * longest + positions, host_lengths)
+        return cls(lengths, cu_seqlens, positions, sequence, sequence * longest + positions, host_lengths)
 
     @property
     def starts(self) -> torch.Tensor:
         """Index of each sequence's first token (its CLS)."""
         return self.cu_seqlens[:-1]
+
+    @functools.cached_property
+    def cu_seqlens_int32(self) -> torch.Tensor:
+        """`cu_seqlens` as FlashAttention takes it."""
+        return self.cu_seqlens.to(torch.int32)
+
+    def prefixes(self, reach: int) -> tuple[torch.Tensor, PackedRows]:
+        """The first `reach` tokens of every sequence: their indices in the packed tokens, and the rows they form."""
+        host_lengths = tuple(min(length, reach) for length in self.host_lengths)
+        rows = PackedRows.from_lengths(self.lengths.clamp(max=reach), host_lengths)
+        return self.starts[rows.sequence] + rows.positions, rows
 
     @property
     def max_length(self) -> int:
@@ -86,9 +114,14 @@ class AttentionKernel(ABC):
     pads: ClassVar[bool] = False
 
     @classmethod
+    def unavailable_reason(cls, device: torch.device, dtype: torch.dtype) -> str | None:
+        """Why this kernel cannot run on this device and dtype, or None when it can."""
+        return None
+
+    @classmethod
     def runs_on(cls, device: torch.device, dtype: torch.dtype) -> bool:
         """Whether this kernel can run on this device and dtype."""
-        return True
+        return cls.unavailable_reason(device, dtype) is None
 
     @abstractmethod
     def attend(
@@ -108,10 +141,15 @@ class AttentionKernel(ABC):
     def attend_cls(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: PackedRows, half_window: int | None
     ) -> torch.Tensor:
-        """Attention of each sequence's first token only: `query` is [sequences, heads, head_dim]."""
-        keys, values = rows.pad(key), rows.pad(value)
-        valid = key_padding_mask(rows.lengths, rows.max_length)
-        return cls_attention(query[:, :, None], keys, values, valid, half_window)[:, :, 0]
+        """Attention of each sequence's first token only: `query` is [sequences, heads, head_dim].
+
+        Over the ragged keys, never padded: a sliding-window layer's first token sees only the first
+        `half_window + 1` keys of its sequence, a global layer's all of them.
+        """
+        if half_window is not None:
+            index, rows = rows.prefixes(half_window + 1)
+            key, value = key[index], value[index]
+        return ragged_cls_attention(query, key, value, rows.sequence)
 
 
 class PaddedKernel(AttentionKernel):
@@ -166,6 +204,89 @@ class PackedSdpaKernel(AttentionKernel):
         return torch.cat(outputs)
 
 
+def _gpu_half_precision_reason(device: torch.device, dtype: torch.dtype) -> str | None:
+    if device.type != "cuda":
+        return f"needs a CUDA or ROCm GPU, not {device.type}"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"needs bfloat16 or float16, not {str(dtype).removeprefix('torch.')}"
+    return None
+
+
+def varlen_attn(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """PyTorch's `torch.nn.attention.varlen.varlen_attn` (looked up per call, so tests can stand in for it)."""
+    from torch.nn.attention.varlen import varlen_attn as attention
+
+    return attention(*args, **kwargs)
+
+
+@functools.cache
+def _varlen_probe(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Run a small windowed varlen call once per device and dtype; None when it matches a dense reference."""
+    try:
+        from torch.nn.attention.varlen import varlen_attn as attention
+    except ImportError:
+        return f"torch {torch.__version__} has no torch.nn.attention.varlen (2.10 or later)"
+    if "window_size" not in inspect.signature(attention).parameters:
+        return f"torch {torch.__version__}'s varlen_attn takes no window_size (2.11 or later)"
+    generator = torch.Generator().manual_seed(0)
+    lengths = (150, 7)
+    query, key, value = (torch.randn(sum(lengths), 2, 64, generator=generator) for _ in range(3))
+    cu = torch.tensor([0, lengths[0], sum(lengths)], dtype=torch.int32)
+    expected = local_attention(*(t[: lengths[0]].transpose(0, 1)[None] for t in (query, key, value)),
+                               torch.ones(1, lengths[0], dtype=torch.bool), 16)[0].transpose(0, 1)  # fmt: skip
+    try:
+        got = attention(*(t.to(device, dtype) for t in (query, key, value)), cu.to(device), cu.to(device),
+                        max(lengths), max(lengths), window_size=(16, 16))  # fmt: skip
+    except Exception as error:  # noqa: BLE001 - any failure means the kernel cannot serve here
+        return f"varlen_attn failed on {device.type} {str(dtype).removeprefix('torch.')}: {error}"
+    difference = float((got[: lengths[0]].float().cpu() - expected).abs().max())
+    if difference > 0.05:
+        return f"varlen_attn ignores window_size here (largest difference {difference:.3f} from a windowed reference)"
+    return None
+
+
+class VarlenKernel(AttentionKernel):
+    """PyTorch's own varlen FlashAttention: `cu_seqlens`, `window_size` for the sliding-window layers.
+
+    The exit layer queries one token per sequence (`cu_seq_q` = 0, 1, ..., n) against its ragged keys.
+    One call per layer: a 32K-token layer takes milliseconds on a GPU, so `stop_check` runs between layers.
+    """
+
+    name = "varlen"
+
+    @classmethod
+    def unavailable_reason(cls, device: torch.device, dtype: torch.dtype) -> str | None:
+        return _gpu_half_precision_reason(device, dtype) or _varlen_probe(device, dtype)
+
+    def attend(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        rows: PackedRows,
+        half_window: int | None,
+        stop_check: StopCheck | None = None,
+    ) -> torch.Tensor:
+        window = (-1, -1) if half_window is None else (half_window, half_window)
+        cu = rows.cu_seqlens_int32
+        return varlen_attn(
+            query, key, value.contiguous(), cu, cu, rows.max_length, rows.max_length, window_size=window
+        )  # fmt: skip
+
+    def attend_cls(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: PackedRows, half_window: int | None
+    ) -> torch.Tensor:
+        # A windowed call would align the single query with the last key; the first token's window
+        # is the first half_window + 1 keys, so those are gathered and attended globally instead.
+        if half_window is not None:
+            index, rows = rows.prefixes(half_window + 1)
+            key, value = key[index], value[index]
+        one_each = torch.arange(len(rows.host_lengths) + 1, dtype=torch.int32, device=query.device)
+        return varlen_attn(
+            query.contiguous(), key, value.contiguous(), one_each, rows.cu_seqlens_int32, 1, rows.max_length
+        )  # fmt: skip
+
+
 class FlashKernel(AttentionKernel):
     """FlashAttention-2 varlen, `window_size` for the sliding-window layers (GPU, bf16/fp16, `flash_attn`)."""
 
@@ -173,12 +294,10 @@ class FlashKernel(AttentionKernel):
     # One call per layer: a 32K-token layer takes milliseconds here, so `stop_check` runs between layers only.
 
     @classmethod
-    def runs_on(cls, device: torch.device, dtype: torch.dtype) -> bool:
-        return (
-            device.type == "cuda"
-            and dtype in (torch.float16, torch.bfloat16)
-            and importlib.util.find_spec("flash_attn") is not None
-        )
+    def unavailable_reason(cls, device: torch.device, dtype: torch.dtype) -> str | None:
+        if importlib.util.find_spec("flash_attn") is None:
+            return "the flash_attn package is not installed"
+        return _gpu_half_precision_reason(device, dtype)
 
     def attend(
         self,
@@ -199,19 +318,29 @@ class FlashKernel(AttentionKernel):
 
 
 KERNELS: dict[str, type[AttentionKernel]] = {
-    kernel.name: kernel for kernel in (PaddedKernel, PackedSdpaKernel, FlashKernel)
+    kernel.name: kernel for kernel in (PaddedKernel, PackedSdpaKernel, VarlenKernel, FlashKernel)
 }
 # What "auto" picks, in order of preference: the first that runs on the device and dtype.
-AUTO_ORDER = ("flash", "padded")
+AUTO_ORDER = ("varlen", "flash", "padded")
 
 
 def choose_kernel(requested: str, device: torch.device, dtype: torch.dtype) -> AttentionKernel:
-    """The kernel named (checked against the device), or for "auto" the first of AUTO_ORDER that runs here."""
+    """The kernel named (checked against the device), or for "auto" the first of AUTO_ORDER that runs here.
+
+    For "auto", one log line says what was chosen and why each kernel before it was passed over.
+    """
     if requested == "auto":
-        return next(KERNELS[name]() for name in AUTO_ORDER if KERNELS[name].runs_on(device, dtype))
+        passed_over = []
+        for name in AUTO_ORDER:
+            reason = KERNELS[name].unavailable_reason(device, dtype)
+            if reason is None:
+                LOGGER.info("attention kernel %s on %s %s%s", name, device.type, str(dtype).removeprefix("torch."),
+                            "".join(f"; {other} passed over: {why}" for other, why in passed_over))  # fmt: skip
+                return KERNELS[name]()
+            passed_over.append((name, reason))
     if requested not in KERNELS:
         raise ValueError(f"attention must be auto or one of {sorted(KERNELS)}, got {requested!r}")
-    kernel = KERNELS[requested]
-    if not kernel.runs_on(device, dtype):
-        raise ValueError(f"attention {requested!r} cannot run on {device.type} with {dtype}")
-    return kernel()
+    reason = KERNELS[requested].unavailable_reason(device, dtype)
+    if reason is not None:
+        raise ValueError(f"attention {requested!r} cannot run on {device.type} with {dtype}: {reason}")
+    return KERNELS[requested]()

@@ -54,7 +54,7 @@ class MatryoshkaReranker:
     ) -> MatryoshkaReranker:
         """Load a checkpoint directory (or hub id); bf16 on GPU and fp32 on CPU unless told otherwise.
 
-        `attention` is auto (FlashAttention-2 where it runs, else padded), or a name in `KERNELS`.
+        `attention` is auto (varlen, else FlashAttention-2, where they run; else padded), or a name in `KERNELS`.
         """
         resolved = torch.device(device) if device is not None else default_device()
         return cls(load_checkpoint(name_or_path), resolved, dtype or default_dtype(resolved), attention)
