@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,6 +104,14 @@ def parameters_within(request: RerankRequest, timeout: float | None) -> dict[str
     if timeout is None:
         return request.parameters
     return {**request.parameters, "deadline_ms": min(MAX_DEADLINE_MS, max(1, math.ceil(timeout * 1000)))}
+
+
+def transport(protocol: str, asynchronous: bool = False) -> Any:
+    """The tritonclient module for `protocol` ("http" or "grpc"), imported on first use.
+
+    A gRPC caller then needs none of the HTTP transport's packages (gevent, aiohttp), and the reverse.
+    """
+    return importlib.import_module(f"tritonclient.{protocol}{'.aio' if asynchronous else ''}")
 
 
 def make_inputs(module: Any, request: RerankRequest) -> list[Any]:

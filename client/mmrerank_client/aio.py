@@ -8,8 +8,6 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-import tritonclient.grpc.aio as grpcaio
-import tritonclient.http.aio as httpaio
 from numpy.typing import NDArray
 
 from mmrerank_client._core import (
@@ -24,6 +22,7 @@ from mmrerank_client._core import (
     parameters_within,
     scores_in_input_order,
     served_model,
+    transport,
 )
 from mmrerank_client.errors import ModelNotReadyError, RerankTimeoutError, ServerUnavailableError, translate
 from mmrerank_client.types import RerankResponse, ServedModel
@@ -37,7 +36,7 @@ class AsyncRerankClient(ClientBase):
     """
 
     def _connect(self) -> None:
-        self._module: Any = grpcaio if self.endpoint.protocol == "grpc" else httpaio
+        self._module: Any = transport(self.endpoint.protocol, asynchronous=True)
         self._client: Any = self._module.InferenceServerClient(self.endpoint.address)
 
     async def _infer(self, request: RerankRequest, timeout: float | None) -> dict[str, NDArray[Any]]:

@@ -9,8 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 from numpy.typing import NDArray
 
 from mmrerank_client._core import (
@@ -25,6 +23,7 @@ from mmrerank_client._core import (
     parameters_within,
     scores_in_input_order,
     served_model,
+    transport,
 )
 from mmrerank_client.errors import ModelNotReadyError, ServerUnavailableError, translate
 from mmrerank_client.types import RerankResponse, ServedModel
@@ -43,8 +42,9 @@ class RerankClient(ClientBase):
         self._local = threading.local()
         self._opened: list[Any] = []  # every HTTP connection of every thread, closed by close()
         self._opened_lock = threading.Lock()
+        self._module: Any = transport(self.endpoint.protocol)
         self._grpc = (
-            grpcclient.InferenceServerClient(self.endpoint.address) if self.endpoint.protocol == "grpc" else None
+            self._module.InferenceServerClient(self.endpoint.address) if self.endpoint.protocol == "grpc" else None
         )
 
     def _http(self, timeout: float | None) -> Any:
@@ -52,7 +52,7 @@ class RerankClient(ClientBase):
         clients: dict[float | None, Any] = self._local.__dict__.setdefault("clients", {})
         if timeout not in clients:
             seconds = NO_TIMEOUT if timeout is None else timeout
-            clients[timeout] = httpclient.InferenceServerClient(
+            clients[timeout] = self._module.InferenceServerClient(
                 self.endpoint.address, connection_timeout=seconds, network_timeout=seconds
             )
             with self._opened_lock:
@@ -64,7 +64,7 @@ class RerankClient(ClientBase):
             if self._grpc is not None:
                 result = self._grpc.infer(
                     self.model,
-                    make_inputs(grpcclient, request),
+                    make_inputs(self._module, request),
                     parameters=parameters_within(request, timeout),
                     headers=self._headers,
                     client_timeout=timeout,
@@ -72,7 +72,7 @@ class RerankClient(ClientBase):
             else:
                 result = self._http(timeout).infer(
                     self.model,
-                    make_inputs(httpclient, request),
+                    make_inputs(self._module, request),
                     parameters=parameters_within(request, timeout),
                     headers=self._headers,
                 )

@@ -109,13 +109,15 @@ class FakeInput:
 @pytest.fixture()
 def fake(monkeypatch):
     server = FakeServer()
-    for module, asynchronous in ((sync_module, False), (aio_module, True)):
-        for attribute in ("httpclient", "grpcclient", "httpaio", "grpcaio"):
-            if hasattr(module, attribute):
-                fake_module = type(sys)(f"fake_{attribute}")
-                fake_module.InferenceServerClient = server.client_class(asynchronous)
-                fake_module.InferInput = FakeInput
-                monkeypatch.setattr(module, attribute, fake_module)
+
+    def fake_transport(protocol, asynchronous=False):
+        fake_module = type(sys)(f"fake_{protocol}")
+        fake_module.InferenceServerClient = server.client_class(asynchronous)
+        fake_module.InferInput = FakeInput
+        return fake_module
+
+    for module in (sync_module, aio_module):
+        monkeypatch.setattr(module, "transport", fake_transport)
     return server
 
 
@@ -355,7 +357,7 @@ def test_describe_reads_the_served_checkpoint_from_the_model_config(monkeypatch)
             assert model == "rerank" and as_json
             return {"config": config}
 
-    monkeypatch.setattr(sync_module.grpcclient, "InferenceServerClient", Grpc)
+    monkeypatch.setattr("tritonclient.grpc.InferenceServerClient", Grpc)
     served = RerankClient("grpc://h").describe()
     assert served == ServedModel(
         "demo-tiny", (1, 2, 4, 6), (8, 16, 32, 64, 128), 6, 128, 32768, 1000, 262144, ("layer", "dim")

@@ -40,3 +40,14 @@ def test_the_reranker_process_does_import_torch():
     code = "import mmrerank.serving.reranker_step, sys; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "True"
+
+
+def test_a_grpc_client_imports_none_of_the_http_transport():
+    code = (
+        "import sys\nfrom mmrerank_client import RerankClient, AsyncRerankClient\n"
+        "RerankClient('grpc://127.0.0.1:1').close()\nAsyncRerankClient('grpc://127.0.0.1:1')\n"
+        "print(','.join(sorted(m for m in ('gevent', 'geventhttpclient', 'aiohttp', 'tritonclient.http') "
+        "if m in sys.modules)))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert result.stdout.strip() == "", f"a gRPC client imported {result.stdout.strip()}"
