@@ -75,14 +75,17 @@ def start_server(
     env: dict[str, str] | None = None,
     ready_timeout: float = 240,
     launcher: Sequence[str] = (str(REPO_ROOT / "scripts" / "serve"),),
+    api_front: bool = True,
 ) -> BackgroundServer:
     """Launch scripts/serve on free ports and wait until Triton is ready; raise LaunchError with the log if not.
 
     `extra` goes to scripts/serve; `env` adds environment variables (e.g. MMRERANK_API_KEY);
     `launcher` replaces scripts/serve, e.g. `python -m mmrerank.launch.launcher` where no
-    virtual environment may be created (a machine without internet).
+    virtual environment may be created (a machine without internet). Without `api_front` the
+    rerank API front stays off (its packages need not be installed).
     """
     http, grpc, metrics, api = free_ports(4)
+    api = api if api_front else 0
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [*launcher, "--checkpoint", str(checkpoint), "--http-port", str(http),
@@ -92,7 +95,8 @@ def start_server(
     server = BackgroundServer(http, grpc, metrics, api, log_path, process)
     try:
         wait_until_ready(process, f"http://{server.http_url}/v2/health/ready", ready_timeout)
-        wait_until_ready(process, f"{server.api_url}/openapi.json", ready_timeout, "rerank API front")
+        if api_front:
+            wait_until_ready(process, f"{server.api_url}/openapi.json", ready_timeout, "rerank API front")
     except LaunchError as error:
         server.stop()
         raise LaunchError(f"{error}:\n{server.log_tail()}") from error

@@ -185,6 +185,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
     parser.add_argument("--model-config-name", help="a configs/NAME.pbtxt to use (default: cpu without a GPU)")
+    parser.add_argument(
+        "--attention",
+        help="the reranker's attention kernel, overriding its config (auto, padded, packed-sdpa, varlen, flash)",
+    )
+    parser.add_argument(
+        "--max-batch-tokens", type=int, help="the reranker's tokens per micro-batch, overriding its config"
+    )
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for readiness")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument(
@@ -209,9 +216,11 @@ def run(args: argparse.Namespace) -> int:
             print(command.shell(secret=os.environ.get(API_KEY_ENV)))  # noqa: T201 - this is the command's output
             return 0
         try:
+            overrides = {"attention": args.attention, "max_batch_tokens": args.max_batch_tokens}
             repository = materialize(
-                args.model_repository, layout, Path(scratch) / "model_repository", args.model_config_name
-            )
+                args.model_repository, layout, Path(scratch) / "model_repository", args.model_config_name,
+                {key: str(value) for key, value in overrides.items() if value is not None},
+            )  # fmt: skip
         except RepositoryError as error:
             raise LaunchError(str(error)) from error
         command = server_command(args, layout.directory, backend_dir, repository)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 from mmrerank.layout import CheckpointLayout
@@ -58,8 +59,30 @@ def served_facts(layout: CheckpointLayout, tokenizer: dict[str, str]) -> dict[st
     }
 
 
-def materialize(source: Path, layout: CheckpointLayout, target: Path, config_name: str | None) -> Path:
-    """Copy `source` to `target` and append the served checkpoint's facts to the `rerank` config."""
+def set_reranker_parameters(repository: Path, values: Mapping[str, str]) -> None:
+    """Set string parameters in every reranker config of a served copy, so whichever variant Triton loads has them."""
+    reranker = repository / "reranker"
+    for path in [reranker / "config.pbtxt", *sorted((reranker / "configs").glob("*.pbtxt"))]:
+        text = path.read_text()
+        for key, value in values.items():
+            entry = re.compile(rf'(key:\s*"{re.escape(key)}"\s*value:\s*\{{\s*string_value:\s*")[^"]*(")')
+            text, count = entry.subn(lambda match, value=value: f"{match[1]}{value}{match[2]}", text)
+            if count != 1:
+                raise RepositoryError(f"{path} has no parameter {key!r} to set")
+        path.write_text(text)
+
+
+def materialize(
+    source: Path,
+    layout: CheckpointLayout,
+    target: Path,
+    config_name: str | None,
+    reranker_parameters: Mapping[str, str] | None = None,
+) -> Path:
+    """Copy `source` to `target` and append the served checkpoint's facts to the `rerank` config.
+
+    `reranker_parameters` (the launcher's --attention and --max-batch-tokens) are set in the reranker's configs.
+    """
     config = source / PUBLIC_MODEL / "config.pbtxt"
     if not config.is_file():
         raise RepositoryError(f"{source} has no {PUBLIC_MODEL}/config.pbtxt")
@@ -72,4 +95,6 @@ def materialize(source: Path, layout: CheckpointLayout, target: Path, config_nam
     served = target / PUBLIC_MODEL / "config.pbtxt"
     served.write_text(f"{served.read_text().rstrip()}\n# Written by the launcher: the served checkpoint.\n"
                       f"parameters [\n{entries}\n]\n")  # fmt: skip
+    if reranker_parameters:
+        set_reranker_parameters(target, reranker_parameters)
     return target

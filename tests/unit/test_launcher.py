@@ -100,6 +100,23 @@ def test_the_served_repository_carries_the_checkpoints_facts(tiny_checkpoint, tm
     ).read_text()
 
 
+def test_launcher_overrides_reach_every_reranker_config_of_the_served_copy(tiny_checkpoint, tmp_path):
+    args = launcher.parse_args(["--attention", "varlen", "--max-batch-tokens", "16384"])
+    assert (args.attention, args.max_batch_tokens) == ("varlen", 16384)
+    overrides = {"attention": "varlen", "max_batch_tokens": "16384"}
+    layout = launcher.resolve_checkpoint(str(tiny_checkpoint))
+    served = materialize(launcher.DEFAULT_MODEL_REPOSITORY, layout, tmp_path / "repo", None, overrides)
+    configs = [served / "reranker" / "config.pbtxt", *(served / "reranker" / "configs").glob("*.pbtxt")]
+    assert len(configs) >= 3
+    for config in configs:
+        settings = config_parameters(config.read_text())
+        assert (settings["attention"], settings["max_batch_tokens"]) == ("varlen", "16384"), config
+    source_settings = config_parameters((launcher.DEFAULT_MODEL_REPOSITORY / "reranker" / "config.pbtxt").read_text())
+    assert source_settings["attention"] == "auto"
+    with pytest.raises(RepositoryError, match="has no parameter 'no_such_key'"):
+        materialize(launcher.DEFAULT_MODEL_REPOSITORY, layout, tmp_path / "other", None, {"no_such_key": "1"})
+
+
 def test_a_repository_that_sets_a_fact_itself_is_refused(tiny_checkpoint, tmp_path):
     source = tmp_path / "source"
     shutil.copytree(launcher.DEFAULT_MODEL_REPOSITORY, source)
