@@ -79,6 +79,14 @@ class MatryoshkaReranker:
         return self._head_logits(self.encoder.cls_states(ids, rows, layer, stop_check), layer, dims)
 
     @torch.inference_mode()
+    def logits_at_every_width(self, input_ids: np.ndarray, lengths: Sequence[int], layer: int) -> dict[int, np.ndarray]:
+        """Raw fp32 logits of every row through each head width of `layer`, from one encoder pass."""
+        self._check_exit(layer)
+        ids, rows = self._packed(input_ids, lengths)
+        cls = self.encoder.cls_states(ids, rows, layer)
+        return {dim: self._head_logits(cls, layer, [dim] * len(rows.host_lengths)) for dim in self.spec.dim_indices}
+
+    @torch.inference_mode()
     def prefilter(
         self,
         input_ids: np.ndarray,

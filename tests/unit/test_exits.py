@@ -116,3 +116,15 @@ def test_a_long_neighbour_does_not_change_a_score(reranker, encoded):
 def test_an_unknown_layer_is_refused(reranker, encoded):
     with pytest.raises(ValueError, match=r"layer 5 is not one of \[1, 2, 4, 6\]"):
         reranker.logits(encoded.input_ids, encoded.lengths, 5, [8] * 5)
+
+
+def test_every_width_from_one_pass_equals_each_width_alone(reranker):
+    rng = np.random.default_rng(5)
+    lengths = [7, 70, 150]
+    ids = rng.integers(5, 2000, size=sum(lengths))
+    ids[np.cumsum([0, *lengths[:-1]])] = 2
+    for layer in reranker.spec.layer_indices:
+        every = reranker.logits_at_every_width(ids, lengths, layer)
+        assert list(every) == list(reranker.spec.dim_indices)
+        for dim, logits in every.items():
+            np.testing.assert_array_equal(logits, reranker.logits(ids, lengths, layer, [dim] * len(lengths)))
