@@ -1,7 +1,8 @@
 """Custom Prometheus metrics of the Python models, beside Triton's own, on the metrics endpoint.
 
 The Triton models pass in `triton_python_backend_utils`; tests pass a stand-in with the same
-`MetricFamily` API. Families are created on first use and label sets cached.
+`MetricFamily` API. Families are created on first use and label sets cached. Every update is
+best effort: a failing metrics backend never changes an answer.
 """
 
 from __future__ import annotations
@@ -36,9 +37,10 @@ class Metrics:
         self._metrics: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
 
     def add(self, name: str, value: float, **labels: object) -> None:
-        """Increase counter `name` by `value` for this label set."""
+        """Increase counter `name` by `value` for this label set; best effort, like every call here."""
         if value > 0:
-            self._metric(name, labels).increment(float(value))
+            with suppress(Exception):
+                self._metric(name, labels).increment(float(value))
 
     def set(self, name: str, value: float, **labels: object) -> None:
         """Set gauge `name` to `value` for this label set."""

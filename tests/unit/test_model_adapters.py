@@ -100,17 +100,49 @@ def test_a_missing_checkpoint_setting_fails_loudly(pb_utils, monkeypatch):
         load_adapter("tokenizer").initialize(model_args("tokenizer"))
 
 
+def broken_metrics(*args, **kwargs):
+    raise RuntimeError("metrics endpoint gone")
+
+
 def test_a_failing_metrics_backend_does_not_turn_answers_into_errors(reranker_model, pair_tokenizer, monkeypatch):
     encoded = pair_tokenizer.encode("river", ["water", "sea"], 512)
-
-    def broken(*args, **kwargs):
-        raise RuntimeError("metrics endpoint gone")
-
-    monkeypatch.setattr(reranker_model.metrics, "add", broken)
+    monkeypatch.setattr(reranker_model.metrics, "_metric", broken_metrics)
     (response,) = reranker_model.execute(
         [FakeRequest({"_input_ids": encoded.input_ids[None], "_lengths": encoded.lengths[None]})]
     )
     assert response.error is None and response.output("scores").shape == (1, 2)
+
+
+def test_a_failing_metrics_backend_does_not_fail_the_tokenizer(tokenizer_model, monkeypatch):
+    monkeypatch.setattr(tokenizer_model.metrics, "_metric", broken_metrics)
+    long_document = "river " * 200  # truncated: the truncation counter is updated
+    good, bad = tokenizer_model.execute([
+        FakeRequest({"query": texts("river"), "documents": texts("water", long_document)}, {"max_length": 32}),
+        FakeRequest({"query": texts("river"), "documents": texts("x")}, {"layer": 3}),
+    ])  # fmt: skip
+    assert good.error is None and bool(good.output("truncated")[1])
+    assert bad.error.code() == "INVALID_ARG"
+
+
+def test_an_unexpected_failure_reading_one_request_fails_that_request_alone(
+    reranker_model, pair_tokenizer, monkeypatch
+):
+    encoded = pair_tokenizer.encode("river", ["water", "sea"], 512)
+    prepare = reranker_model.step.prepare
+
+    def fragile(input_ids, lengths, *args):
+        if lengths.size == 1:
+            raise MemoryError("cannot split")
+        return prepare(input_ids, lengths, *args)
+
+    monkeypatch.setattr(reranker_model.step, "prepare", fragile)
+    one = pair_tokenizer.encode("river", ["water"], 512)
+    good, failed = reranker_model.execute([
+        FakeRequest({"_input_ids": encoded.input_ids[None], "_lengths": encoded.lengths[None]}),
+        FakeRequest({"_input_ids": one.input_ids[None], "_lengths": one.lengths[None]}),
+    ])  # fmt: skip
+    assert good.error is None and good.output("scores").shape == (1, 2)
+    assert failed.error.code() == "INTERNAL" and "cannot split" not in failed.error.message()
 
 
 @pytest.mark.parametrize(

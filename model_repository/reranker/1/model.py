@@ -85,6 +85,9 @@ class TritonPythonModel:
             except InvalidRequestError as error:
                 self.metrics.add("mmrerank_requests_rejected_total", 1, step="reranker", reason=error.reason)
                 responses[position] = _error(str(error), pb_utils.TritonError.INVALID_ARG)
+            except Exception:  # noqa: BLE001 - this request alone fails; the others are still scored
+                self.logger.log_error(f"reranker failed to read a request:\n{traceback.format_exc()}")
+                responses[position] = _error("internal error while reading the request", pb_utils.TritonError.INTERNAL)
         if not prepared:
             return responses
         try:
@@ -108,21 +111,18 @@ class TritonPythonModel:
         return responses
 
     def _record(self, prepared, scored):
-        """Metrics after the answers are built: a failing metrics call must not turn them into errors."""
-        try:
-            for index, request in enumerate(prepared):
-                if index in scored.abandoned:
-                    continue
-                exit_labels = {"layer": request.options.layer, "dim": request.options.dim}
-                self.metrics.add("mmrerank_pairs_scored_total", len(request.rows), **exit_labels)
-                self.metrics.add("mmrerank_tokens_scored_total", sum(len(row) for row in request.rows), **exit_labels)
-            self.metrics.add("mmrerank_tokens_processed_total", scored.tokens_processed)
-            for reason in scored.abandoned.values():
-                self.metrics.add("mmrerank_requests_abandoned_total", 1, reason=reason)
-            for batch in scored.batches:
-                self.metrics.add("mmrerank_micro_batches_total", 1, layer=batch.layer)
-        except Exception:  # noqa: BLE001 - metrics are best effort
-            self.logger.log_error(f"recording metrics failed:\n{traceback.format_exc()}")
+        """Metrics after the answers are built (each update is best effort: it never changes an answer)."""
+        for index, request in enumerate(prepared):
+            if index in scored.abandoned:
+                continue
+            exit_labels = {"layer": request.options.layer, "dim": request.options.dim}
+            self.metrics.add("mmrerank_pairs_scored_total", len(request.rows), **exit_labels)
+            self.metrics.add("mmrerank_tokens_scored_total", sum(len(row) for row in request.rows), **exit_labels)
+        self.metrics.add("mmrerank_tokens_processed_total", scored.tokens_processed)
+        for reason in scored.abandoned.values():
+            self.metrics.add("mmrerank_requests_abandoned_total", 1, reason=reason)
+        for batch in scored.batches:
+            self.metrics.add("mmrerank_micro_batches_total", 1, layer=batch.layer)
 
 
 def _deadline(request):
