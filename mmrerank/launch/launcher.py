@@ -162,6 +162,7 @@ def api_front(args: argparse.Namespace, host: str) -> Companion:
     argv = [
         sys.executable, "-m", "mmrerank.api", "--triton-grpc", f"{host}:{args.grpc_port}",
         "--host", args.host, "--port", str(args.api_port), "--graceful-seconds", str(EXIT_TIMEOUT_SECONDS),
+        "--timeout", str(args.api_timeout), "--max-body-bytes", str(args.api_max_body_bytes),
     ]  # fmt: skip
     return Companion("rerank API front", argv, dict(os.environ), f"http://{host}:{args.api_port}/openapi.json")
 
@@ -176,6 +177,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument(
         "--api-port", type=int, default=8080, help="the rerank API front (Cohere/Jina and TEI routes); 0 turns it off"
+    )
+    parser.add_argument(
+        "--api-timeout",
+        type=float,
+        default=600.0,
+        help="seconds the rerank API front waits for one request (then 504); also that request's deadline",
+    )
+    parser.add_argument(
+        "--api-max-body-bytes", type=int, default=64 * 2**20, help="larger request bodies get 413 from the API front"
     )
     parser.add_argument(
         "--device",

@@ -151,3 +151,18 @@ def test_the_front_is_restarted_when_it_dies(tiny_checkpoint, tmp_path):
         assert status == 200, log
     finally:
         assert server.stop() == 0
+
+
+def test_the_fronts_timeout_and_body_limit_are_set_through_scripts_serve(tiny_checkpoint, tmp_path):
+    server = start_server(
+        tiny_checkpoint, tmp_path / "tritonserver.log", "--api-max-body-bytes", "40000", "--api-timeout", "0.01"
+    )
+    try:
+        status, body = post(f"{server.api_url}/v1/rerank", {"query": "river", "documents": ["x" * 50000]})
+        assert status == 413 and "40000-byte limit" in body["message"]
+        # About 1,600 tokens at the deepest exit: far past a 10 ms timeout (the default, 600 s, answers 200).
+        document = text(random.Random(5), 3000)[:6000]
+        status, body = post(f"{server.api_url}/v1/rerank", {"query": "river", "documents": [document]})
+        assert status == 504, body
+    finally:
+        server.stop()
