@@ -46,7 +46,7 @@ def in_process(checkpoint: Path, requests: list[tuple[str, list[str]]], max_batc
             np.array([query.encode()], dtype=object), np.array([d.encode() for d in documents], dtype=object), {}
         )
         pairs = tokenized.pairs
-        score.score([score.prepare(pairs.input_ids, pairs.lengths, {}, tokenized.deadline)])
+        score.score([score.prepare(pairs.input_ids, pairs.lengths, tokenized.options, tokenized.deadline)])
 
     one(*requests[0])
     start = time.perf_counter()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,13 +11,12 @@ from urllib.parse import urlsplit
 import numpy as np
 from numpy.typing import NDArray
 
+from mmrerank_client.contract import MODEL, deadline_ms
 from mmrerank_client.errors import ClientConfigurationError, InvalidRequestError, RerankError
 from mmrerank_client.types import RerankResponse, RerankResult, ServedModel
 
-DEFAULT_MODEL = "rerank"
 API_KEY_HEADER = "x-api-key"
 GRPC_HEADER_PREFIX = "triton-grpc-protocol-"
-OUTPUTS = ("scores", "num_tokens", "truncated", "exit_layer")
 
 
 @dataclass(frozen=True)
@@ -91,10 +89,6 @@ def build_request(
     )
 
 
-# The longest deadline the server accepts (a day), in milliseconds.
-MAX_DEADLINE_MS = 86_400_000
-
-
 def parameters_within(request: RerankRequest, timeout: float | None) -> dict[str, int | bool]:
     """The request's parameters plus `deadline_ms` from the call's timeout.
 
@@ -103,7 +97,7 @@ def parameters_within(request: RerankRequest, timeout: float | None) -> dict[str
     """
     if timeout is None:
         return request.parameters
-    return {**request.parameters, "deadline_ms": min(MAX_DEADLINE_MS, max(1, math.ceil(timeout * 1000)))}
+    return {**request.parameters, "deadline_ms": deadline_ms(timeout)}
 
 
 def transport(protocol: str, asynchronous: bool = False) -> Any:
@@ -213,7 +207,7 @@ class ClientBase:
         self,
         url: str = "http://127.0.0.1:8000",
         *,
-        model: str = DEFAULT_MODEL,
+        model: str = MODEL,
         timeout: float | None = 60.0,
         api_key: str | None = None,
     ) -> None:

@@ -11,7 +11,6 @@ from typing import Any
 from numpy.typing import NDArray
 
 from mmrerank_client._core import (
-    OUTPUTS,
     ClientBase,
     RerankRequest,
     build_request,
@@ -24,6 +23,7 @@ from mmrerank_client._core import (
     served_model,
     transport,
 )
+from mmrerank_client.contract import OUTPUTS
 from mmrerank_client.errors import ModelNotReadyError, RerankTimeoutError, ServerUnavailableError, translate
 from mmrerank_client.types import RerankResponse, ServedModel
 

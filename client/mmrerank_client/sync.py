@@ -12,7 +12,6 @@ from typing import Any
 from numpy.typing import NDArray
 
 from mmrerank_client._core import (
-    OUTPUTS,
     ClientBase,
     RerankRequest,
     build_request,
@@ -25,6 +24,7 @@ from mmrerank_client._core import (
     served_model,
     transport,
 )
+from mmrerank_client.contract import OUTPUTS
 from mmrerank_client.errors import ModelNotReadyError, ServerUnavailableError, translate
 from mmrerank_client.types import RerankResponse, ServedModel
 

@@ -14,9 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from mmrerank.layout import CheckpointLayout
-from mmrerank.serving.contract import PARAMETERS
+from mmrerank_client.contract import PARAMETERS, pair_token_cap
 
 PUBLIC_MODEL = "rerank"
+# The tokenizer's caps the launcher hands to the reranker, for requests sent to it directly.
+DIRECT_CALL_CAPS = ("max_documents", "max_request_tokens", "default_deadline_ms")
 # `{ key: "name" value: { string_value: "text" } }` entries of a config's parameters block.
 PARAMETER_ENTRY = re.compile(r'key:\s*"(?P<key>[^"]+)"\s*value:\s*\{\s*string_value:\s*"(?P<value>[^"]*)"\s*\}')
 
@@ -35,7 +37,7 @@ def tokenizer_settings(repository: Path, config_name: str | None) -> dict[str, s
     variant = repository / "tokenizer" / "configs" / f"{config_name}.pbtxt"
     path = variant if config_name and variant.is_file() else repository / "tokenizer" / "config.pbtxt"
     settings = config_parameters(path.read_text())
-    missing = [key for key in ("max_documents", "max_tokens_per_pair", "max_request_tokens") if key not in settings]
+    missing = [key for key in ("max_tokens_per_pair", *DIRECT_CALL_CAPS) if key not in settings]
     if missing:
         raise RepositoryError(f"{path} lacks the parameter(s) {', '.join(missing)}")
     return settings
@@ -51,7 +53,7 @@ def served_facts(layout: CheckpointLayout, tokenizer: dict[str, str]) -> dict[st
         "default_layer": str(spec.default_layer),
         "default_dim": str(spec.default_dim),
         "max_tokens_per_pair": str(
-            min(int(tokenizer["max_tokens_per_pair"]), layout.encoder_config.max_position_embeddings)
+            pair_token_cap(int(tokenizer["max_tokens_per_pair"]), layout.encoder_config.max_position_embeddings)
         ),
         "max_documents": tokenizer["max_documents"],
         "max_request_tokens": tokenizer["max_request_tokens"],
@@ -81,7 +83,8 @@ def materialize(
 ) -> Path:
     """Copy `source` to `target` and append the served checkpoint's facts to the `rerank` config.
 
-    `reranker_parameters` (the launcher's --attention and --max-batch-tokens) are set in the reranker's configs.
+    The reranker's configs get the tokenizer's caps (DIRECT_CALL_CAPS) and `reranker_parameters`
+    (the launcher's --attention and --max-batch-tokens).
     """
     config = source / PUBLIC_MODEL / "config.pbtxt"
     if not config.is_file():
@@ -95,6 +98,7 @@ def materialize(
     served = target / PUBLIC_MODEL / "config.pbtxt"
     served.write_text(f"{served.read_text().rstrip()}\n# Written by the launcher: the served checkpoint.\n"
                       f"parameters [\n{entries}\n]\n")  # fmt: skip
-    if reranker_parameters:
-        set_reranker_parameters(target, reranker_parameters)
+    # The reranker enforces the same caps as the tokenizer step when it is called directly.
+    caps = {key: tokenizer_settings(source, config_name)[key] for key in DIRECT_CALL_CAPS}
+    set_reranker_parameters(target, {**caps, **(reranker_parameters or {})})
     return target

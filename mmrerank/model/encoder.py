@@ -140,7 +140,6 @@ class Encoder(nn.Module):
         self, input_ids: torch.Tensor, rows: PackedRows, layer: int, stop_check: StopCheck | None = None
     ) -> torch.Tensor:
         """Every token's hidden state `layer` [tokens, hidden], raw (no final norm): where a cascade resumes."""
-        self._check_layer(layer)
         return self._run(self.embeddings(input_ids), rows, 0, layer, False, stop_check)
 
     def continue_to_cls(
@@ -152,8 +151,7 @@ class Encoder(nn.Module):
         stop_check: StopCheck | None = None,
     ) -> torch.Tensor:
         """CLS vectors of hidden state `exit_layer`, running layers from_layer+1..exit_layer on `hidden`."""
-        self._check_layer(exit_layer)
-        if not 0 <= from_layer < exit_layer:
+        if not 0 <= from_layer < exit_layer <= self.config.num_layers:
             raise ValueError(f"cannot continue from layer {from_layer} to layer {exit_layer}")
         return self.exit_of(self._run(hidden, rows, from_layer, exit_layer, True, stop_check), exit_layer)
 
@@ -163,10 +161,6 @@ class Encoder(nn.Module):
         Exits before the last layer apply `final_norm`, the last does not (as the heads were trained).
         """
         return self.final_norm(cls) if layer < self.config.num_layers else cls
-
-    def _check_layer(self, layer: int) -> None:
-        if not 1 <= layer <= self.config.num_layers:
-            raise ValueError(f"exit layer {layer} is outside 1..{self.config.num_layers}")
 
     def _run(
         self,

@@ -1,26 +1,22 @@
 """Validation of what a client sends: request parameters, document lists, UTF-8 text.
 
-Every failure is an `InvalidRequestError` whose message says what was wrong and what is allowed;
-the Triton models turn it into an INVALID_ARG response for that request alone.
+The tokenizer step parses a request's parameters once into `RerankOptions`, which travel to the
+reranker as the `_options` tensor beside the ids. Every failure is an `InvalidRequestError` whose
+message says what was wrong and what is allowed; the Triton models turn it into an INVALID_ARG
+response for that request alone. Names and limits shared with clients live in `mmrerank_client.contract`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 
 import numpy as np
 
 from mmrerank.layout import MatryoshkaSpec
+from mmrerank_client.contract import MAX_DEADLINE_MS, PARAMETERS, PREFILTER_PARAMETERS
 
-PARAMETERS = (
-    "layer", "dim", "normalize", "max_length", "truncate", "prefilter_layer", "prefilter_dim", "prefilter_top_k",
-    "deadline_ms",
-)  # fmt: skip
-PREFILTER_PARAMETERS = ("prefilter_layer", "prefilter_dim", "prefilter_top_k")
-# The longest deadline a request may ask for: a day.
-MAX_DEADLINE_MS = 86_400_000
 # At most this many characters of a client's value are quoted back in an error message.
 QUOTE_LIMIT = 100
 
@@ -57,7 +53,20 @@ class RerankOptions:
     max_length: int
     truncate: bool
     prefilter: Prefilter | None = None
-    deadline_ms: int | None = None  # from arrival; past it the server stops working on the request
+    deadline_ms: int | None = None  # counted from the tokenizer step; past it the server stops working on it
+
+    def to_array(self) -> np.ndarray:
+        """The options as the `_options` tensor between the steps (the deadline travels as `_deadline`)."""
+        prefilter = self.prefilter or Prefilter(0, 0, 0)
+        values = (self.layer, self.dim, self.normalize, self.max_length, self.truncate, *astuple(prefilter))
+        return np.array(values, dtype=np.int32)
+
+    @classmethod
+    def from_array(cls, values: np.ndarray) -> RerankOptions:
+        """The inverse of `to_array`, trusted: the tokenizer step validated the request."""
+        layer, dim, normalize, max_length, truncate, prefilter_layer, prefilter_dim, top_k = (int(v) for v in values)
+        prefilter = Prefilter(prefilter_layer, prefilter_dim, top_k) if top_k else None
+        return cls(layer, dim, bool(normalize), max_length, bool(truncate), prefilter)
 
 
 def quote(value: object) -> str:
@@ -198,6 +207,16 @@ def check_document_count(count: int, max_documents: int) -> None:
     if count > max_documents:
         raise InvalidRequestError(
             f"'documents' holds {count} documents; at most {max_documents} are allowed per request", "document_count"
+        )
+
+
+def check_request_tokens(total: int, max_tokens: int) -> None:
+    """A request's pairs hold at most `max_tokens` tokens after truncation."""
+    if total > max_tokens:
+        raise InvalidRequestError(
+            f"the request's pairs hold {total} tokens after truncation; at most {max_tokens} are "
+            "allowed per request (max_request_tokens): send fewer or shorter documents, or a lower max_length",
+            "request_tokens",
         )
 
 

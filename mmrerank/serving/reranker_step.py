@@ -11,8 +11,14 @@ import torch
 
 from mmrerank.model import MatryoshkaReranker
 from mmrerank.model.attention import StopCheck
-from mmrerank.serving.contract import InvalidRequestError, RerankOptions, parse_options
-from mmrerank.serving.deadlines import NO_DEADLINE, ShutdownNotice, WorkAbandoned
+from mmrerank.serving.contract import (
+    InvalidRequestError,
+    RerankOptions,
+    check_document_count,
+    check_request_tokens,
+    parse_options,
+)
+from mmrerank.serving.deadlines import NO_DEADLINE, ShutdownNotice, WorkAbandoned, request_deadline
 from mmrerank.serving.planner import MicroBatch, plan_micro_batches
 
 
@@ -40,6 +46,15 @@ class ScoredBatch:
     tokens_processed: int  # what the encoder ran: padded tokens for a padding kernel, else real ones
 
 
+@dataclass(frozen=True)
+class DirectCaps:
+    """What the reranker enforces itself when called directly, without the tokenizer step before it."""
+
+    max_documents: int
+    max_request_tokens: int
+    default_deadline_ms: int | None = None
+
+
 def sigmoid(logits: np.ndarray) -> np.ndarray:
     """Logistic function in fp32, stable for large magnitudes."""
     return (0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))).astype(np.float32)
@@ -54,11 +69,16 @@ class RerankerStep:
     """
 
     def __init__(
-        self, reranker: MatryoshkaReranker, max_batch_tokens: int, shutdown: ShutdownNotice | None = None
+        self,
+        reranker: MatryoshkaReranker,
+        max_batch_tokens: int,
+        shutdown: ShutdownNotice | None = None,
+        caps: DirectCaps | None = None,
     ) -> None:
         self.reranker = reranker
         self.max_batch_tokens = max_batch_tokens
         self.shutdown = shutdown or ShutdownNotice(None)
+        self.caps = caps
 
     def warm_up(self) -> int:
         """Score one short pair at every exit layer, so no client request pays for first-call setup.
@@ -73,28 +93,48 @@ class RerankerStep:
             self.reranker.logits(row, [len(row)], layer, [spec.default_dim])
         return len(spec.layer_indices)
 
-    def prepare(
-        self,
-        input_ids: np.ndarray,
-        lengths: np.ndarray,
-        parameters: Mapping[str, object],
-        deadline: float = NO_DEADLINE,
-    ) -> ScoreRequest:
-        """Check one request's ragged row (ids end to end, per-pair lengths) and parameters.
+    def direct_options(
+        self, parameters: Mapping[str, object], pairs: int, tokens: int, arrived: float
+    ) -> tuple[RerankOptions, float]:
+        """Options and deadline of a request sent to this model directly, not through the tokenizer step.
 
-        Raises InvalidRequestError when the tensors disagree, a pair is longer than the request's
-        `max_length` or the model's positions, or an id is outside the vocabulary.
+        Its parameters are parsed as the tokenizer step would, against the model's positions, and
+        this model's own caps apply: documents, tokens, and the default deadline counted from `arrived`.
         """
-        config = self.reranker.config
-        options = parse_options(parameters, self.reranker.spec, config.max_position_embeddings)
+        options = parse_options(parameters, self.reranker.spec, self.reranker.config.max_position_embeddings)
+        caps = self.caps
+        if caps is None:
+            return options, request_deadline(arrived, options.deadline_ms)
+        check_document_count(pairs, caps.max_documents)
+        check_request_tokens(tokens, caps.max_request_tokens)
+        deadline_ms = options.deadline_ms if options.deadline_ms is not None else caps.default_deadline_ms
+        return options, request_deadline(arrived, deadline_ms)
+
+    def prepare(
+        self, input_ids: np.ndarray, lengths: np.ndarray, options: RerankOptions, deadline: float = NO_DEADLINE
+    ) -> ScoreRequest:
+        """Check one request's ragged row (ids end to end, per-pair lengths) against what protects this process.
+
+        `options` are trusted (the tokenizer step or `direct_options` validated them) but for their
+        exits, which must exist. Raises InvalidRequestError when the tensors disagree, the options
+        name an exit the checkpoint lacks, a pair is longer than the request's `max_length` or the
+        model's positions, or an id is outside the vocabulary.
+        """
+        config, spec = self.reranker.config, self.reranker.spec
+        exits = [(options.layer, options.dim)]
+        if options.prefilter is not None:
+            exits.append((options.prefilter.layer, options.prefilter.dim))
+        if any(layer not in spec.layer_indices or dim not in spec.dim_indices for layer, dim in exits):
+            raise InvalidRequestError(f"'_options' names an exit this checkpoint lacks: {exits}", "bad_tensor")
+        longest = min(options.max_length, config.max_position_embeddings)
         ids, lengths = input_ids.reshape(-1), lengths.reshape(-1)
         if lengths.size == 0 or int(lengths.astype(np.int64).sum()) != ids.size:
             raise InvalidRequestError(
                 f"'_lengths' must add up to the {ids.size} ids of '_input_ids', one entry per pair", "bad_tensor"
             )
-        if lengths.min() < 1 or lengths.max() > options.max_length:
+        if lengths.min() < 1 or lengths.max() > longest:
             raise InvalidRequestError(
-                f"every pair must hold between 1 and max_length={options.max_length} tokens, "
+                f"every pair must hold between 1 and max_length={longest} tokens, "
                 f"got {int(lengths.min())} to {int(lengths.max())}",
                 "bad_tensor",
             )

@@ -11,20 +11,24 @@ import numpy as np
 from mmrerank.layout import CheckpointLayout
 from mmrerank.serving.contract import (
     InvalidRequestError,
+    RerankOptions,
     check_document_count,
     check_request_bytes,
+    check_request_tokens,
     decode_texts,
     parse_options,
 )
 from mmrerank.serving.deadlines import request_deadline
 from mmrerank.serving.pair_tokenizer import EncodedPairs, PairTokenizer, PairTooLongError, QueryTooLongError
+from mmrerank_client.contract import pair_token_cap
 
 
 @dataclass(frozen=True)
 class TokenizedRequest:
-    """One request's encoded pairs, and the monotonic instant after which nobody waits for its scores."""
+    """One request's encoded pairs, its validated options, and the monotonic instant after which nobody waits."""
 
     pairs: EncodedPairs
+    options: RerankOptions
     deadline: float
 
 
@@ -47,7 +51,7 @@ class TokenizerStep:
         self.max_request_tokens = max_request_tokens
         self.max_request_bytes = max_request_bytes
         self.default_deadline_ms = default_deadline_ms
-        self.max_tokens_per_pair = min(max_tokens_per_pair, layout.encoder_config.max_position_embeddings)
+        self.max_tokens_per_pair = pair_token_cap(max_tokens_per_pair, layout.encoder_config.max_position_embeddings)
         self.tokenizer = PairTokenizer.from_file(layout.tokenizer_file)
 
     def run(
@@ -55,7 +59,8 @@ class TokenizerStep:
     ) -> TokenizedRequest:
         """Encode one request, or raise InvalidRequestError saying what is wrong with it.
 
-        Its deadline counts from `arrived` (the monotonic clock; now by default): the request's
+        Its deadline counts from `arrived` (the monotonic clock; now by default: when this step
+        started on the request, the earliest point the server's models see): the request's
         `deadline_ms`, else the server's default, else none.
         """
         arrived = time.monotonic() if arrived is None else arrived
@@ -72,12 +77,6 @@ class TokenizerStep:
             raise InvalidRequestError(str(error), "query_too_long") from error
         except PairTooLongError as error:
             raise InvalidRequestError(str(error), "pair_too_long") from error
-        total = int(encoded.lengths.sum())
-        if total > self.max_request_tokens:
-            raise InvalidRequestError(
-                f"the request's pairs hold {total} tokens after truncation; at most {self.max_request_tokens} are "
-                "allowed per request (max_request_tokens): send fewer or shorter documents, or a lower max_length",
-                "request_tokens",
-            )
+        check_request_tokens(int(encoded.lengths.sum()), self.max_request_tokens)
         deadline_ms = options.deadline_ms if options.deadline_ms is not None else self.default_deadline_ms
-        return TokenizedRequest(encoded, request_deadline(arrived, deadline_ms))
+        return TokenizedRequest(encoded, options, request_deadline(arrived, deadline_ms))

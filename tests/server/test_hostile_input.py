@@ -190,3 +190,18 @@ def test_the_internal_reranker_refuses_rows_over_its_limits(server, length, para
     with pytest.raises(InferenceServerException, match=message) as error:
         _reranker_request(server.grpc_url, ids, np.array([length]), 2, **parameters)
     assert error.value.status() == "StatusCode.INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize(
+    ("lengths", "message"),
+    [
+        ([3] * 1001, "'documents' holds 1001 documents; at most 1000 are allowed per request"),
+        ([30_000] * 9, "hold 270000 tokens after truncation; at most 262144 are allowed per request"),
+    ],
+)
+def test_the_internal_reranker_called_directly_enforces_the_request_caps(server, lengths, message):
+    ids = np.full(sum(lengths), 7, dtype=np.int32)
+    ids[np.cumsum([0, *lengths[:-1]])] = 2
+    with pytest.raises(InferenceServerException, match=message) as error:
+        _reranker_request(server.grpc_url, ids, np.array(lengths), 2)
+    assert error.value.status() == "StatusCode.INVALID_ARGUMENT"

@@ -17,7 +17,7 @@ from mmrerank.model.attention import GLOBAL_QUERY_BLOCK, global_attention
 from mmrerank.serving import reranker_step
 from mmrerank.serving.contract import InvalidRequestError, Prefilter, RerankOptions, parse_options
 from mmrerank.serving.deadlines import NO_DEADLINE, ShutdownNotice, WorkAbandoned, request_deadline
-from mmrerank.serving.reranker_step import RerankerStep, ScoreRequest
+from mmrerank.serving.reranker_step import DirectCaps, RerankerStep, ScoreRequest
 from mmrerank.serving.tokenizer_step import TokenizerStep
 
 QUERY = "where is the river library"
@@ -168,3 +168,15 @@ def test_the_tokenizer_step_dates_each_request(tiny_checkpoint):
     assert step(5_000).run(query, documents, {}, arrived=100.0).deadline == pytest.approx(105.0)
     assert step(5_000).run(query, documents, {"deadline_ms": 250}, arrived=100.0).deadline == pytest.approx(100.25)
     assert request_deadline(7.0, None) == NO_DEADLINE
+
+
+def test_a_direct_call_gets_the_reranker_s_own_caps_and_default_deadline(reranker):
+    step = RerankerStep(reranker, max_batch_tokens=1000, caps=DirectCaps(4, 100, default_deadline_ms=250))
+    options, deadline = step.direct_options({"layer": 2}, pairs=3, tokens=90, arrived=1000.0)
+    assert options.layer == 2 and deadline == pytest.approx(1000.25)
+    _, deadline = step.direct_options({"deadline_ms": 40}, pairs=3, tokens=90, arrived=1000.0)
+    assert deadline == pytest.approx(1000.04)
+    with pytest.raises(InvalidRequestError, match="at most 4 are allowed per request"):
+        step.direct_options({}, pairs=5, tokens=90, arrived=1000.0)
+    with pytest.raises(InvalidRequestError, match="at most 100 are allowed per request"):
+        step.direct_options({}, pairs=3, tokens=101, arrived=1000.0)

@@ -161,6 +161,36 @@ def test_the_reranker_checks_lengths_itself(reranker_model, ids, lengths, parame
     assert response.error.code() == "INVALID_ARG" and message in response.error.message()
 
 
+def test_the_reranker_trusts_the_options_the_tokenizer_step_validated(
+    tokenizer_model, reranker_model, reranker, pair_tokenizer
+):
+    (tokenized,) = tokenizer_model.execute(
+        [
+            FakeRequest(
+                {"query": texts("river"), "documents": texts("water", "sea")},
+                {"layer": 2, "dim": 16, "normalize": False, "max_length": 64},
+            )
+        ]  # fmt: skip
+    )
+    assert tokenized.output("_options").tolist() == [[2, 16, 0, 64, 1, 0, 0, 0]]
+    tensors = {name: tokenized.output(name) for name in ("_input_ids", "_lengths", "_options")}
+    # The parameters travel too, but the reranker reads none of them when `_options` is there.
+    (scored,) = reranker_model.execute([FakeRequest(tensors, {"layer": 999})])
+    encoded = pair_tokenizer.encode("river", ["water", "sea"], 64)
+    expected = reranker.logits(encoded.input_ids, encoded.lengths, 2, [16, 16])
+    np.testing.assert_allclose(scored.output("scores"), expected.reshape(1, -1), rtol=1e-5)
+
+
+def test_options_naming_a_missing_exit_fail_that_request_alone(reranker_model, pair_tokenizer):
+    encoded = pair_tokenizer.encode("river", ["water"], 64)
+    tensors = {"_input_ids": encoded.input_ids[None], "_lengths": encoded.lengths[None]}
+    bad = FakeRequest({**tensors, "_options": np.array([[3, 16, 1, 64, 1, 0, 0, 0]], dtype=np.int32)})
+    good = FakeRequest({**tensors, "_options": np.array([[2, 16, 1, 64, 1, 0, 0, 0]], dtype=np.int32)})
+    refused, scored = reranker_model.execute([bad, good])
+    assert refused.error.code() == "INVALID_ARG" and "exit this checkpoint lacks: [(3, 16)]" in refused.error.message()
+    assert scored.error is None and scored.output("scores").shape == (1, 1)
+
+
 def test_the_reranker_is_warm_before_initialize_returns(pb_utils, tiny_checkpoint, monkeypatch):
     monkeypatch.setenv("MMRERANK_CHECKPOINT", str(tiny_checkpoint))
     logged = []

@@ -45,18 +45,41 @@ def test_token_ids_travel_ragged_between_the_steps():
     tokenizer = load(REPOSITORY / "tokenizer" / "config.pbtxt")
     produced = {t.name: list(t.dims) for t in tokenizer.output}
     assert produced["_input_ids"] == [1, -1] and produced["_lengths"] == [1, -1]
-    assert produced["_deadline"] == [1, 1]
+    assert produced["_deadline"] == [1, 1] and produced["_options"] == [1, 8]
     for path in [REPOSITORY / "reranker" / "config.pbtxt", *RERANKER_VARIANTS]:
         reranker = load(path)
         assert [(t.name, list(t.dims), t.allow_ragged_batch, t.optional) for t in reranker.input] == [
             ("_input_ids", [-1], True, False),
             ("_lengths", [-1], True, False),
             ("_deadline", [1], False, True),  # optional: a direct caller need not set one
+            ("_options", [8], False, True),  # optional: a direct caller sends parameters instead
         ], path.name
     ensemble = load(REPOSITORY / "rerank" / "config.pbtxt")
     tokens, scoring = ensemble.ensemble_scheduling.step
-    assert set(tokens.output_map) >= {"_input_ids", "_lengths", "_deadline"}
-    assert set(scoring.input_map) == {"_input_ids", "_lengths", "_deadline"}
+    assert set(tokens.output_map) >= {"_input_ids", "_lengths", "_deadline", "_options"}
+    assert set(scoring.input_map) == {"_input_ids", "_lengths", "_deadline", "_options"}
+
+
+def test_both_steps_hold_the_same_request_caps_and_a_default_deadline():
+    for path in [REPOSITORY / "reranker" / "config.pbtxt", *RERANKER_VARIANTS]:
+        variant = REPOSITORY / "tokenizer" / path.relative_to(REPOSITORY / "reranker")
+        tokenizer = load(variant if variant.is_file() else REPOSITORY / "tokenizer" / "config.pbtxt").parameters
+        reranker = load(path).parameters
+        for key in ("max_documents", "max_request_tokens", "default_deadline_ms"):
+            assert reranker[key].string_value == tokenizer[key].string_value, (path.name, key)
+    gpu = int(load(REPOSITORY / "tokenizer" / "config.pbtxt").parameters["default_deadline_ms"].string_value)
+    cpu = int(load(REPOSITORY / "tokenizer" / "configs" / "cpu.pbtxt").parameters["default_deadline_ms"].string_value)
+    assert 0 < gpu < cpu
+
+
+def test_the_tokenizer_variants_differ_only_in_the_default_deadline():
+    default, cpu = (
+        load(REPOSITORY / "tokenizer" / "config.pbtxt"),
+        load(REPOSITORY / "tokenizer" / "configs" / "cpu.pbtxt"),
+    )
+    for config in (default, cpu):
+        config.parameters["default_deadline_ms"].string_value = ""
+    assert default == cpu
 
 
 def test_every_model_config_parameter_is_documented():
@@ -74,6 +97,7 @@ def test_reranker_variants_differ_only_in_placement_and_budget(variant):
     for config in (default, other):
         config.ClearField("instance_group")
         config.parameters["max_batch_tokens"].string_value = ""
+        config.parameters["default_deadline_ms"].string_value = ""
     assert default == other
 
 

@@ -9,10 +9,10 @@ import triton_python_backend_utils as pb_utils
 
 from mmrerank.layout import CheckpointLayout
 from mmrerank.model import MatryoshkaReranker
-from mmrerank.serving.contract import InvalidRequestError, parse_parameters
+from mmrerank.serving.contract import InvalidRequestError, RerankOptions, parse_parameters
 from mmrerank.serving.deadlines import NO_DEADLINE, ShutdownNotice
 from mmrerank.serving.metrics import Metrics
-from mmrerank.serving.reranker_step import RerankerStep
+from mmrerank.serving.reranker_step import DirectCaps, RerankerStep
 from mmrerank.serving.settings import SettingsError, checkpoint_location, integer_setting, model_parameters
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -47,6 +47,11 @@ class TritonPythonModel:
             reranker,
             max_batch_tokens=integer_setting(settings, "max_batch_tokens"),
             shutdown=ShutdownNotice.from_environment(),
+            caps=DirectCaps(
+                max_documents=integer_setting(settings, "max_documents"),
+                max_request_tokens=integer_setting(settings, "max_request_tokens"),
+                default_deadline_ms=integer_setting(settings, "default_deadline_ms", minimum=0) or None,
+            ),
         )
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)
@@ -65,6 +70,7 @@ class TritonPythonModel:
             return self._answer(requests)
 
     def _answer(self, requests):
+        arrived = time.monotonic()  # a direct call's deadline counts from here
         responses = [None] * len(requests)
         accepted, prepared = [], []
         for position, request in enumerate(requests):
@@ -73,14 +79,7 @@ class TritonPythonModel:
                 responses[position] = _error("request cancelled", pb_utils.TritonError.CANCELLED)
                 continue
             try:
-                prepared.append(
-                    self.step.prepare(
-                        pb_utils.get_input_tensor_by_name(request, "_input_ids").as_numpy(),
-                        pb_utils.get_input_tensor_by_name(request, "_lengths").as_numpy(),
-                        parse_parameters(request.parameters()),
-                        _deadline(request),
-                    )
-                )
+                prepared.append(self._prepare(request, arrived))
                 accepted.append(position)
             except InvalidRequestError as error:
                 self.metrics.add("mmrerank_requests_rejected_total", 1, step="reranker", reason=error.reason)
@@ -110,6 +109,18 @@ class TritonPythonModel:
         self._record(prepared, scored)
         return responses
 
+    def _prepare(self, request, arrived):
+        """The request's rows with the options the tokenizer step validated, or, called directly, its own."""
+        ids = pb_utils.get_input_tensor_by_name(request, "_input_ids").as_numpy()
+        lengths = pb_utils.get_input_tensor_by_name(request, "_lengths").as_numpy()
+        options = pb_utils.get_input_tensor_by_name(request, "_options")
+        if options is None:
+            parameters = parse_parameters(request.parameters())
+            chosen, deadline = self.step.direct_options(parameters, lengths.size, ids.size, arrived)
+        else:
+            chosen, deadline = RerankOptions.from_array(options.as_numpy().reshape(-1)), _deadline(request)
+        return self.step.prepare(ids, lengths, chosen, deadline)
+
     def _record(self, prepared, scored):
         """Metrics after the answers are built (each update is best effort: it never changes an answer)."""
         for index, request in enumerate(prepared):
@@ -126,7 +137,7 @@ class TritonPythonModel:
 
 
 def _deadline(request):
-    """The monotonic instant the tokenizer step set; none when the model is called directly without it."""
+    """The monotonic instant the tokenizer step set beside `_options` (none when absent)."""
     tensor = pb_utils.get_input_tensor_by_name(request, "_deadline")
     return NO_DEADLINE if tensor is None else float(tensor.as_numpy().reshape(-1)[0])
 

@@ -56,12 +56,14 @@ class TritonPythonModel:
             )
         encoded = tokenized.pairs
         self.metrics.add("mmrerank_documents_truncated_total", int(encoded.truncated.sum()))
-        # One batch row per request: all pairs' ids end to end, the length of each pair, the deadline.
+        # One batch row per request: all pairs' ids end to end, the length of each pair, the deadline,
+        # and the options as validated here (the reranker trusts them and parses nothing again).
         return pb_utils.InferenceResponse(
             output_tensors=[
                 pb_utils.Tensor("_input_ids", encoded.input_ids.reshape(1, -1)),
                 pb_utils.Tensor("_lengths", encoded.lengths.reshape(1, -1)),
                 pb_utils.Tensor("_deadline", np.array([[tokenized.deadline]], dtype=np.float64)),
+                pb_utils.Tensor("_options", tokenized.options.to_array().reshape(1, -1)),
                 pb_utils.Tensor("num_tokens", encoded.lengths),
                 pb_utils.Tensor("truncated", encoded.truncated),
             ]
