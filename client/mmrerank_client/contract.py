@@ -27,6 +27,13 @@ def pair_token_cap(configured: int, positions: int) -> int:
     return min(configured, positions)
 
 
+def deadline_ms_problem(value: int) -> str | None:
+    """Why `value` cannot be a request's `deadline_ms`, or None when it can."""
+    if 1 <= value <= MAX_DEADLINE_MS:
+        return None
+    return f"parameter 'deadline_ms' must be between 1 and {MAX_DEADLINE_MS}, got {value}"
+
+
 def deadline_ms(timeout_seconds: float) -> int:
     """A wait in seconds as the `deadline_ms` parameter: whole milliseconds, 1 to MAX_DEADLINE_MS."""
     return min(MAX_DEADLINE_MS, max(1, math.ceil(timeout_seconds * 1000)))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import re
+
+# Triton prefixes a step's error with the ensemble's name; callers never see that layer.
+ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
+
 
 class RerankError(Exception):
     """Base class of every error this client raises; `str()` carries the server's message."""
@@ -9,6 +14,10 @@ class RerankError(Exception):
 
 class InvalidRequestError(RerankError):
     """The server (or a cheap client-side check) refused the request: HTTP 400 / INVALID_ARGUMENT."""
+
+
+class PairTooLongError(InvalidRequestError):
+    """A pair is longer than `max_length` and the request asked not to truncate (`truncate=False`)."""
 
 
 class ServerUnavailableError(RerankError):
@@ -46,9 +55,10 @@ def translate(error: BaseException) -> RerankError:
         status = str(status_of() or "")
         message_of = getattr(error, "message", None)
         message = str(message_of()) if callable(message_of) else message
+    message = ENSEMBLE_PREFIX.sub("", message)
     lowered = f"{status} {message}".lower()
     if status in ("400", "StatusCode.INVALID_ARGUMENT"):
-        return InvalidRequestError(message)
+        return PairTooLongError(message) if "over max_length" in lowered else InvalidRequestError(message)
     if (
         status in ("401", "403", "StatusCode.UNAUTHENTICATED", "StatusCode.PERMISSION_DENIED")
         or "restricted" in lowered
@@ -68,3 +78,19 @@ def translate(error: BaseException) -> RerankError:
     ):
         return ServerUnavailableError(message or "the server is unavailable")
     return RerankError(message)
+
+
+# The HTTP status a gateway answers each error with (the rerank API front does); others get 500.
+HTTP_STATUS: dict[type[RerankError], int] = {
+    InvalidRequestError: 400,
+    PairTooLongError: 413,
+    AuthenticationError: 401,
+    ServerUnavailableError: 503,
+    ModelNotReadyError: 503,
+    RerankTimeoutError: 504,
+}
+
+
+def http_status(error: RerankError) -> int:
+    """The HTTP status for `error`: its class's entry in HTTP_STATUS, or the nearest base class's, else 500."""
+    return next((HTTP_STATUS[kind] for kind in type(error).__mro__ if kind in HTTP_STATUS), 500)

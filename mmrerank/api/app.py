@@ -7,7 +7,6 @@ FastAPI on uvicorn: request shapes are pydantic models, so the OpenAPI page (`/d
 from __future__ import annotations
 
 import hmac
-import json
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -36,6 +35,7 @@ from mmrerank.api.shapes import (
 )
 from mmrerank.api.triton import TritonReranker, UpstreamError
 from mmrerank.serving.contract import quote
+from mmrerank_client import ServedModel
 
 RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
 RETRY_AFTER_SECONDS = "1"
@@ -142,7 +142,7 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    facts: dict[str, str] = {}
+    served: list[ServedModel] = []
 
     if api_key:
         app.add_middleware(RequireKey, api_key=api_key)
@@ -164,13 +164,11 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
     async def unexpected(_request: Request, _error: Exception) -> JSONResponse:
         return error_response(500, "internal error")
 
-    async def served_facts() -> dict[str, str]:
-        """The served checkpoint's facts from the `rerank` model's configuration, read once."""
-        if not facts:
-            config = await triton.model_config()
-            parameters = config.get("parameters", {})
-            facts.update({key: str(value.get("string_value", "")) for key, value in parameters.items()})
-        return facts
+    async def served_model() -> ServedModel:
+        """The served checkpoint's facts, read once."""
+        if not served:
+            served.append(await triton.describe())
+        return served[0]
 
     async def cohere(request: CohereV2Request, version: str, return_documents: bool) -> CohereResponse:
         parameters = request.parameters()
@@ -178,23 +176,23 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
             parameters["truncate"] = request.truncate
         if request.max_tokens_per_doc is not None and "max_length" not in parameters:
             # The server's limit counts the whole pair; it never cuts the query.
-            cap = int((await served_facts()).get("max_tokens_per_pair", request.max_tokens_per_doc))
+            cap = (await served_model()).max_tokens_per_pair
             parameters["max_length"] = min(request.max_tokens_per_doc, cap)
         texts = request.texts()
         ranking = await triton.rank(request.query, texts, parameters)
         results = [
             CohereResult(
-                index=i,
-                relevance_score=float(ranking.scores[i]),
-                document=Document(text=texts[i]) if return_documents else None,
+                index=result.index,
+                relevance_score=result.score,
+                document=Document(text=texts[result.index]) if return_documents else None,
             )
-            for i in ranking.order()[: request.top_n]
+            for result in ranking.results[: request.top_n]
         ]
-        total = int(ranking.num_tokens.sum())
+        total = sum(result.num_tokens for result in ranking.results)
         meta: dict[str, Any] = {"api_version": {"version": version}, "billed_units": {"search_units": 1}}
         if version == "2":
             meta["tokens"] = {"input_tokens": total}
-        model = request.model or (await served_facts()).get("checkpoint", "mmrerank")
+        model = request.model or (await served_model()).checkpoint
         return CohereResponse(id=str(uuid.uuid4()), model=model, results=results, usage=Usage(total_tokens=total),
                               meta=meta)  # fmt: skip
 
@@ -204,9 +202,10 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
             parameters["normalize"] = False
         ranking = await triton.rank(request.query, request.texts, parameters)
         return [
-            TeiResult(index=i, score=float(ranking.scores[i]), text=request.texts[i] if request.return_text else None)
-            for i in ranking.order()
-        ]
+            TeiResult(index=result.index, score=result.score, text=request.texts[result.index] if request.return_text
+                      else None)
+            for result in ranking.results
+        ]  # fmt: skip
 
     # The answers are built from the shapes above and sent as they are; the shapes document them.
     cohere_answer = {200: {"model": CohereResponse}, **ERRORS}
@@ -249,13 +248,13 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
     @app.get("/v1/models", response_model=ModelList)
     async def models() -> ModelList:
         """The served checkpoint, with its exits and caps."""
-        served = await served_facts()
+        facts = await served_model()
         card = ModelCard(
-            id=served["checkpoint"],
-            layer_indices=json.loads(f"[{served['layer_indices']}]"),
-            dim_indices=json.loads(f"[{served['dim_indices']}]"),
-            max_tokens_per_pair=int(served["max_tokens_per_pair"]),
-            max_documents=int(served["max_documents"]),
+            id=facts.checkpoint,
+            layer_indices=list(facts.layer_indices),
+            dim_indices=list(facts.dim_indices),
+            max_tokens_per_pair=facts.max_tokens_per_pair,
+            max_documents=facts.max_documents,
         )
         return ModelList(data=[card])
 

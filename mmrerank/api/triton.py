@@ -1,24 +1,23 @@
-"""The front's one persistent gRPC channel to Triton's `rerank` model, with Triton's errors as HTTP statuses."""
+"""The front's way to Triton: the project's typed asyncio client over gRPC, its errors as HTTP statuses.
+
+One client of Triton for the whole project: the outputs, the result order, the default deadline
+and the error classification (`mmrerank_client.errors.http_status`) are the client's.
+"""
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import tritonclient.grpc.aio as grpcaio
-from tritonclient.utils import InferenceServerException
+from mmrerank_client import AsyncRerankClient, RerankError, RerankResponse, ServedModel, ServerOverloadedError
+from mmrerank_client.contract import deadline_ms_problem
+from mmrerank_client.errors import http_status
 
-from mmrerank.serving.contract import MAX_DEADLINE_MS
-
-MODEL = "rerank"
-OUTPUTS = ("scores", "num_tokens", "truncated", "exit_layer")
-# Triton checks a restricted gRPC protocol's key under this header.
-GRPC_API_KEY_HEADER = "triton-grpc-protocol-x-api-key"
-# Triton prefixes a step's error with the ensemble's name; the front's clients never see that layer.
-ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
+# What the front says for statuses whose server message is not the caller's business.
+PUBLIC_MESSAGES = {
+    503: "the reranker is not available right now; retry shortly",
+    504: "the request did not finish within its timeout",
+    500: "internal error while ranking",
+}
 
 
 class UpstreamError(Exception):
@@ -29,89 +28,61 @@ class UpstreamError(Exception):
         self.status = status
         self.message = message
 
-
-@dataclass(frozen=True)
-class Ranking:
-    """What the `rerank` model returned for one request, in input order."""
-
-    scores: np.ndarray
-    num_tokens: np.ndarray
-    exit_layers: np.ndarray
-
-    def order(self) -> list[int]:
-        """Indices best first: the deepest exit first (a cascade's continued documents), then by score."""
-        return sorted(range(len(self.scores)), key=lambda i: (-int(self.exit_layers[i]), -float(self.scores[i])))
-
-
-def status_of(error: InferenceServerException) -> UpstreamError:
-    """Triton's gRPC error as an HTTP status with a short message (never a traceback)."""
-    status, message = str(error.status() or ""), str(error.message() or "")
-    message = ENSEMBLE_PREFIX.sub("", message)
-    lowered = message.lower()
-    if "exceeds maximum queue size" in lowered:
-        return UpstreamError(503, "the server is at capacity (its queue is full); retry shortly")
-    if status == "StatusCode.INVALID_ARGUMENT":
-        return UpstreamError(413 if "over max_length" in lowered else 400, message)
-    if status == "StatusCode.DEADLINE_EXCEEDED" or "deadline" in lowered:
-        return UpstreamError(504, "the request did not finish within its timeout")
-    if status == "StatusCode.UNAVAILABLE" or "not ready" in lowered or "unavailable" in lowered:
-        return UpstreamError(503, "the reranker is not available right now; retry shortly")
-    return UpstreamError(500, "internal error while ranking")
+    @classmethod
+    def of(cls, error: RerankError) -> UpstreamError:
+        """The client's error as the front's answer: the server's message for client faults, a short one otherwise."""
+        status = http_status(error)
+        if isinstance(error, ServerOverloadedError):
+            return cls(status, "the server is at capacity (its queue is full); retry shortly")
+        return cls(status, PUBLIC_MESSAGES.get(status, str(error)))
 
 
 class TritonReranker:
-    """Sends rerank requests over one gRPC channel (opened on first use, closed by `close`)."""
+    """Sends rerank requests through one `AsyncRerankClient` (opened on first use, closed by `close`)."""
 
     def __init__(self, address: str, api_key: str | None, timeout: float) -> None:
         self.address = address
-        self.headers = {GRPC_API_KEY_HEADER: api_key} if api_key else None
+        self.api_key = api_key
         self.timeout = timeout
-        self._client: Any = None
+        self._client: AsyncRerankClient | None = None
 
     @property
-    def client(self) -> Any:
-        """The gRPC client, created inside the running event loop."""
+    def client(self) -> AsyncRerankClient:
+        """The typed client, created inside the running event loop."""
         if self._client is None:
-            self._client = grpcaio.InferenceServerClient(self.address)
+            self._client = AsyncRerankClient(f"grpc://{self.address}", timeout=self.timeout, api_key=self.api_key)
         return self._client
 
-    async def rank(self, query: str, documents: list[str], parameters: dict[str, Any]) -> Ranking:
-        """Scores of `documents` against `query` with these request parameters.
+    async def rank(self, query: str, documents: list[str], parameters: dict[str, Any]) -> RerankResponse:
+        """Every document ranked against `query` with these request parameters, best first.
 
-        Without a `deadline_ms` of the caller's, this front's own timeout becomes the request's
-        deadline, so the server stops working on it once this front stops waiting.
+        The call's timeout, which the client sends as the request's deadline, is the caller's
+        `deadline_ms` when given, else this front's own timeout: the server stops working on a
+        request once this front stops waiting for it.
         """
-        parameters = {"deadline_ms": min(MAX_DEADLINE_MS, math.ceil(self.timeout * 1000)), **parameters}
-        inputs = [grpcaio.InferInput("query", [1], "BYTES"), grpcaio.InferInput("documents", [len(documents)], "BYTES")]
-        inputs[0].set_data_from_numpy(np.array([query.encode("utf-8")], dtype=np.object_))
-        inputs[1].set_data_from_numpy(np.array([text.encode("utf-8") for text in documents], dtype=np.object_))
+        options = dict(parameters)
+        deadline = options.pop("deadline_ms", None)
+        if deadline is not None and (problem := deadline_ms_problem(deadline)):
+            raise UpstreamError(400, problem)
+        timeout = self.timeout if deadline is None else deadline / 1000
         try:
-            result = await self.client.infer(
-                MODEL, inputs, parameters=parameters, headers=self.headers, client_timeout=self.timeout
-            )
-        except InferenceServerException as error:
-            raise status_of(error) from error
-        outputs = {name: result.as_numpy(name).reshape(-1) for name in OUTPUTS}
-        return Ranking(outputs["scores"], outputs["num_tokens"], outputs["exit_layer"])
+            return await self.client.rerank(query, documents, timeout=timeout, **options)
+        except RerankError as error:
+            raise UpstreamError.of(error) from error
 
-    async def model_config(self) -> dict[str, Any]:
-        """The `rerank` model's configuration (it carries the served checkpoint's facts)."""
+    async def describe(self) -> ServedModel:
+        """The served checkpoint's facts."""
         try:
-            response = await self.client.get_model_config(MODEL, headers=self.headers, as_json=True)
-        except InferenceServerException as error:
-            raise status_of(error) from error
-        config: dict[str, Any] = response["config"]
-        return config
+            return await self.client.describe()
+        except RerankError as error:
+            raise UpstreamError.of(error) from error
 
     async def ready(self) -> bool:
         """Whether Triton says the `rerank` model is ready."""
-        try:
-            return bool(await self.client.is_model_ready(MODEL, headers=self.headers))
-        except InferenceServerException:
-            return False
+        return await self.client.is_ready()
 
     async def close(self) -> None:
-        """Close the channel."""
+        """Close the connection."""
         if self._client is not None:
             await self._client.close()
             self._client = None

@@ -15,7 +15,7 @@ from dataclasses import astuple, dataclass
 import numpy as np
 
 from mmrerank.layout import MatryoshkaSpec
-from mmrerank_client.contract import MAX_DEADLINE_MS, PARAMETERS, PREFILTER_PARAMETERS
+from mmrerank_client.contract import PARAMETERS, PREFILTER_PARAMETERS, deadline_ms_problem
 
 # At most this many characters of a client's value are quoted back in an error message.
 QUOTE_LIMIT = 100
@@ -146,10 +146,9 @@ def _deadline_ms(parameters: Mapping[str, object]) -> int | None:
     if "deadline_ms" not in parameters:
         return None
     value = _integer(parameters, "deadline_ms", 0)
-    if not 1 <= value <= MAX_DEADLINE_MS:
-        raise InvalidRequestError(
-            f"parameter 'deadline_ms' must be between 1 and {MAX_DEADLINE_MS}, got {value}", "parameter_value"
-        )
+    problem = deadline_ms_problem(value)
+    if problem:
+        raise InvalidRequestError(problem, "parameter_value")
     return value
 
 

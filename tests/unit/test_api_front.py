@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
-import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from tritonclient.utils import InferenceServerException
 
 from mmrerank.api.app import create_app
-from mmrerank.api.triton import Ranking, TritonReranker, UpstreamError
+from mmrerank.api.triton import TritonReranker, UpstreamError
+from mmrerank_client import RerankResponse, RerankResult, ServedModel
+from mmrerank_client.errors import translate
 
-FACTS = {"checkpoint": "demo-tiny", "layer_indices": "1,2,4,6", "dim_indices": "8,16,32,64,128",
-         "max_tokens_per_pair": "32768", "max_documents": "1000"}  # fmt: skip
+SERVED = ServedModel("demo-tiny", (1, 2, 4, 6), (8, 16, 32, 64, 128), 6, 128, 32768, 1000, 262144, ("layer", "dim"))
 
 
 class FakeTriton:
@@ -26,11 +27,11 @@ class FakeTriton:
         self.calls.append((query, documents, parameters))
         if self.error is not None:
             raise self.error
-        scores = np.array([len(d) / 100 for d in documents], dtype=np.float32)
-        return Ranking(scores, np.full(len(documents), 7, dtype=np.int32), np.full(len(documents), 6, dtype=np.int32))
+        results = [RerankResult(i, len(d) / 100, 7, False, 6) for i, d in enumerate(documents)]
+        return RerankResponse(tuple(sorted(results, key=lambda r: -r.score)), None, None)
 
-    async def model_config(self):
-        return {"parameters": {key: {"string_value": value} for key, value in FACTS.items()}}
+    async def describe(self):
+        return SERVED
 
     async def ready(self):
         return self.error is None
@@ -166,22 +167,46 @@ def test_health_models_and_the_openapi_page(api, triton):
     assert answer.status_code == 503 and answer.headers["retry-after"] == "1"
 
 
-class RecordingGrpcClient:
-    """Stands in for tritonclient's asyncio gRPC client: records what `infer` was sent."""
+class RecordingClient:
+    """Stands in for the typed asyncio client: records what `rerank` was asked."""
 
     def __init__(self) -> None:
         self.sent: dict = {}
 
-    async def infer(self, model, inputs, parameters=None, headers=None, client_timeout=None):
-        self.sent = {"model": model, "parameters": parameters, "client_timeout": client_timeout}
-        raise UpstreamError(599, "recorded")
+    async def rerank(self, query, documents, **options):
+        self.sent = options
+        return RerankResponse((), None, None)
 
 
-@pytest.mark.parametrize(("given", "deadline_ms"), [({}, 30_000), ({"deadline_ms": 500}, 500), ({"layer": 2}, 30_000)])
-def test_the_fronts_timeout_is_the_requests_deadline_unless_the_caller_set_one(given, deadline_ms):
+@pytest.mark.parametrize(("given", "timeout"), [({}, 30.0), ({"deadline_ms": 500}, 0.5), ({"layer": 2}, 30.0)])
+def test_the_fronts_timeout_is_the_requests_deadline_unless_the_caller_set_one(given, timeout):
     reranker = TritonReranker("127.0.0.1:1", None, timeout=30.0)
-    reranker._client = recording = RecordingGrpcClient()
-    with pytest.raises(UpstreamError):
-        asyncio.run(reranker.rank("q", ["a"], dict(given)))
-    assert recording.sent["parameters"] == {**given, "deadline_ms": deadline_ms}
-    assert recording.sent["client_timeout"] == 30.0
+    reranker._client = recording = RecordingClient()
+    asyncio.run(reranker.rank("q", ["a"], dict(given)))
+    expected = {key: value for key, value in given.items() if key != "deadline_ms"}
+    assert recording.sent == {**expected, "timeout": timeout}
+
+
+@pytest.mark.parametrize(
+    ("status", "message", "expected"),
+    [
+        ("StatusCode.UNAVAILABLE", "This API is restricted, expecting header 'triton-grpc-protocol-x-api-key'", 401),
+        ("StatusCode.INVALID_ARGUMENT", "in ensemble 'rerank', parameter 'layer' must be one of [1, 2], got 3", 400),
+        ("StatusCode.INVALID_ARGUMENT", "document 0 makes a pair of 40005 tokens, over max_length=32768", 413),
+        ("StatusCode.UNAVAILABLE", "Exceeds maximum queue size", 503),
+        ("StatusCode.CANCELLED", "the request passed its deadline (deadline_ms) before it was scored", 504),
+        ("StatusCode.INTERNAL", "Stub process 'reranker_0_0' is not healthy.", 500),
+    ],
+)
+def test_tritons_errors_reach_the_front_through_the_clients_classification(status, message, expected):
+    error = UpstreamError.of(translate(InferenceServerException(message, status=status)))
+    assert error.status == expected
+    assert "in ensemble" not in error.message and "Stub process" not in error.message
+
+
+def test_a_deadline_out_of_bounds_is_refused_before_triton_is_asked():
+    reranker = TritonReranker("127.0.0.1:1", None, timeout=30.0)
+    reranker._client = recording = RecordingClient()
+    with pytest.raises(UpstreamError, match="'deadline_ms' must be between 1 and 86400000, got 0") as raised:
+        asyncio.run(reranker.rank("q", ["a"], {"deadline_ms": 0}))
+    assert raised.value.status == 400 and recording.sent == {}

@@ -214,9 +214,18 @@ def test_server_errors_map_to_the_hierarchy(fake, error, expected):
     assert raised.value.__cause__ is error
 
 
-def test_translation_keeps_the_servers_message():
+def test_translation_keeps_the_servers_message_without_the_ensembles_prefix():
     error = translate(InferenceServerException("in ensemble 'rerank', 'documents' is empty", status="400"))
-    assert str(error) == "in ensemble 'rerank', 'documents' is empty"
+    assert str(error) == "'documents' is empty"
+
+
+def test_a_restricted_protocol_is_an_authentication_error_with_status_401():
+    from mmrerank_client import AuthenticationError
+    from mmrerank_client.errors import http_status
+
+    message = "This API is restricted, expecting header 'triton-grpc-protocol-x-api-key'"
+    error = translate(InferenceServerException(message, status="StatusCode.UNAVAILABLE"))
+    assert isinstance(error, AuthenticationError) and http_status(error) == 401
 
 
 @pytest.mark.parametrize("url", ["http://h:1", "grpc://h:2"])
