@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -115,6 +115,72 @@ def make_inputs(module: Any, request: RerankRequest) -> list[Any]:
     documents = module.InferInput("documents", [len(request.documents)], "BYTES")
     documents.set_data_from_numpy(request.documents)
     return [query, documents]
+
+
+class ScoreOptions(TypedDict, total=False):
+    """Keyword options of `score` and `score_pairs`, sync and async alike (rerank takes them too).
+
+    layer/dim None mean the server's defaults; `timeout` (seconds) bounds the call and is sent as
+    its deadline, the client's own `timeout` when not given.
+    """
+
+    layer: int | None
+    dim: int | None
+    normalize: bool
+    max_length: int | None
+    truncate: bool
+    timeout: float | None
+
+
+class RerankOptions(ScoreOptions, total=False):
+    """Keyword options of `rerank`: the score options, how many results, the texts back, and a cascade."""
+
+    top_n: int | None
+    return_documents: bool
+    prefilter_layer: int | None
+    prefilter_dim: int | None
+    prefilter_top_k: int | None
+
+
+@dataclass(frozen=True)
+class RerankCall:
+    """One `rerank` call, checked and encoded: what to send, how long to wait, how to shape the answer."""
+
+    request: RerankRequest
+    documents: Sequence[str]
+    options: RerankOptions
+    timeout: float | None
+
+    def response(self, outputs: dict[str, NDArray[Any]]) -> RerankResponse:
+        """The server's outputs as the call's response."""
+        return build_response(
+            outputs, self.documents, top_n=self.options.get("top_n"),
+            return_documents=self.options.get("return_documents", False),
+            layer=self.options.get("layer"), dim=self.options.get("dim"),
+        )  # fmt: skip
+
+
+def check_keywords(method: str, options: Mapping[str, object], allowed: Any) -> None:
+    """Refuse a keyword the TypedDict `allowed` does not name, as Python refuses an unknown argument."""
+    unknown = sorted(set(options) - allowed.__required_keys__ - allowed.__optional_keys__)
+    if unknown:
+        raise TypeError(f"{method}() got an unexpected keyword argument {unknown[0]!r}")
+
+
+def rerank_call(
+    query: str, documents: Sequence[str], options: RerankOptions, default_timeout: float | None
+) -> RerankCall:
+    """Check a call's options, encode its texts, and settle its timeout."""
+    check_keywords("rerank", options, RerankOptions)
+    check_top_n(options.get("top_n"))
+    request = build_request(
+        query, documents, layer=options.get("layer"), dim=options.get("dim"),
+        normalize=options.get("normalize", True), max_length=options.get("max_length"),
+        truncate=options.get("truncate", True), prefilter_layer=options.get("prefilter_layer"),
+        prefilter_dim=options.get("prefilter_dim"), prefilter_top_k=options.get("prefilter_top_k"),
+    )  # fmt: skip
+    timeout = options.get("timeout")
+    return RerankCall(request, documents, options, default_timeout if timeout is None else timeout)
 
 
 def check_top_n(top_n: int | None) -> None:

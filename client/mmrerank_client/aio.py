@@ -6,19 +6,23 @@ import asyncio
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from numpy.typing import NDArray
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 from mmrerank_client._core import (
     ClientBase,
+    RerankOptions,
     RerankRequest,
-    build_request,
-    build_response,
-    check_top_n,
+    ScoreOptions,
+    check_keywords,
     group_pairs,
     make_inputs,
     parameters_within,
+    rerank_call,
     scores_in_input_order,
     served_model,
     transport,
@@ -54,84 +58,37 @@ class AsyncRerankClient(ClientBase):
             raise translate(error) from error
         return {name: result.as_numpy(name) for name in OUTPUTS}
 
-    async def rerank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        top_n: int | None = None,
-        layer: int | None = None,
-        dim: int | None = None,
-        normalize: bool = True,
-        return_documents: bool = False,
-        max_length: int | None = None,
-        truncate: bool = True,
-        prefilter_layer: int | None = None,
-        prefilter_dim: int | None = None,
-        prefilter_top_k: int | None = None,
-        timeout: float | None = None,
-    ) -> RerankResponse:
-        """Rank `documents` against `query`, best first; layer/dim None mean the server's defaults.
+    async def rerank(self, query: str, documents: Sequence[str], **options: Unpack[RerankOptions]) -> RerankResponse:
+        """Rank `documents` against `query`, best first (options: `RerankOptions`).
 
         With `prefilter_layer` and `prefilter_top_k` the server runs a cascade: every document at
         the cheap exit (`prefilter_layer`, `prefilter_dim` or `dim`), the best `prefilter_top_k`
         continued to `layer`; each result's `exit_layer` says which exit scored it.
         """
-        check_top_n(top_n)
-        request = build_request(
-            query, documents, layer=layer, dim=dim, normalize=normalize, max_length=max_length, truncate=truncate,
-            prefilter_layer=prefilter_layer, prefilter_dim=prefilter_dim, prefilter_top_k=prefilter_top_k,
-        )  # fmt: skip
-        outputs = await self._infer(request, self._call_timeout(timeout))
-        return build_response(outputs, documents, top_n=top_n, return_documents=return_documents, layer=layer, dim=dim)
+        call = rerank_call(query, documents, options, self.timeout)
+        return call.response(await self._infer(call.request, call.timeout))
 
-    async def score(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        layer: int | None = None,
-        dim: int | None = None,
-        normalize: bool = True,
-        max_length: int | None = None,
-        truncate: bool = True,
-        timeout: float | None = None,
-    ) -> list[float]:
-        """One score per document, in input order (rerank's options but top_n and return_documents)."""
-        response = await self.rerank(
-            query, documents, layer=layer, dim=dim, normalize=normalize, max_length=max_length, truncate=truncate,
-            timeout=timeout,
-        )  # fmt: skip
-        return scores_in_input_order(response)
+    async def score(self, query: str, documents: Sequence[str], **options: Unpack[ScoreOptions]) -> list[float]:
+        """One score per document, in input order (options: `ScoreOptions`)."""
+        check_keywords("score", options, ScoreOptions)
+        return scores_in_input_order(await self.rerank(query, documents, **options))
 
     async def score_pairs(
-        self,
-        pairs: Sequence[tuple[str, str]],
-        *,
-        layer: int | None = None,
-        dim: int | None = None,
-        normalize: bool = True,
-        max_length: int | None = None,
-        truncate: bool = True,
-        timeout: float | None = None,
+        self, pairs: Sequence[tuple[str, str]], *, max_concurrency: int = 8, **options: Unpack[ScoreOptions]
     ) -> list[float]:
-        """Scores of (query, document) pairs in input order; one request per distinct query, all in flight."""
+        """Scores of (query, document) pairs in input order; one request per distinct query.
+
+        At most `max_concurrency` requests are in flight at once, so one call cannot fill the
+        server's queue on its own.
+        """
         groups = group_pairs(pairs)
-        per_query = await asyncio.gather(
-            *(
-                self.score(
-                    query,
-                    [pairs[i][1] for i in indices],
-                    layer=layer,
-                    dim=dim,
-                    normalize=normalize,
-                    max_length=max_length,
-                    truncate=truncate,
-                    timeout=timeout,
-                )  # fmt: skip
-                for query, indices in groups.items()
-            )
-        )
+        slots = asyncio.Semaphore(max(1, max_concurrency))
+
+        async def one(query: str) -> list[float]:
+            async with slots:
+                return await self.score(query, [pairs[i][1] for i in groups[query]], **options)
+
+        per_query = await asyncio.gather(*(one(query) for query in groups))
         scores = [0.0] * len(pairs)
         for indices, values in zip(groups.values(), per_query, strict=True):
             for index, score in zip(indices, values, strict=True):

@@ -4,31 +4,38 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from numpy.typing import NDArray
 
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 from mmrerank_client._core import (
     ClientBase,
+    RerankOptions,
     RerankRequest,
-    build_request,
-    build_response,
-    check_top_n,
+    ScoreOptions,
+    check_keywords,
     group_pairs,
     make_inputs,
     parameters_within,
+    rerank_call,
     scores_in_input_order,
     served_model,
     transport,
 )
 from mmrerank_client.contract import OUTPUTS
-from mmrerank_client.errors import ModelNotReadyError, ServerUnavailableError, translate
+from mmrerank_client.errors import ModelNotReadyError, RerankTimeoutError, ServerUnavailableError, translate
 from mmrerank_client.types import RerankResponse, ServedModel
 
 NO_TIMEOUT = 24 * 3600.0
+# Threads of the pool `score_pairs` reuses (each call still keeps to its own max_concurrency).
+POOL_THREADS = 32
+T = TypeVar("T")
 
 
 class RerankClient(ClientBase):
@@ -40,125 +47,118 @@ class RerankClient(ClientBase):
 
     def _connect(self) -> None:
         self._local = threading.local()
-        self._opened: list[Any] = []  # every HTTP connection of every thread, closed by close()
+        self._opened: list[Any] = []  # every thread's HTTP connection, closed by close()
         self._opened_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self._module: Any = transport(self.endpoint.protocol)
         self._grpc = (
             self._module.InferenceServerClient(self.endpoint.address) if self.endpoint.protocol == "grpc" else None
         )
 
-    def _http(self, timeout: float | None) -> Any:
-        """One HTTP connection per thread and timeout (the HTTP client is not thread-safe)."""
-        clients: dict[float | None, Any] = self._local.__dict__.setdefault("clients", {})
-        if timeout not in clients:
-            seconds = NO_TIMEOUT if timeout is None else timeout
-            clients[timeout] = self._module.InferenceServerClient(
-                self.endpoint.address, connection_timeout=seconds, network_timeout=seconds
+    def _http(self) -> Any:
+        """The calling thread's HTTP connection, one per thread whatever the timeout (it is not thread-safe)."""
+        client = getattr(self._local, "http", None)
+        if client is None:
+            client = self._module.InferenceServerClient(
+                self.endpoint.address, connection_timeout=NO_TIMEOUT, network_timeout=NO_TIMEOUT
             )
+            self._local.http = client
             with self._opened_lock:
-                self._opened.append(clients[timeout])
-        return clients[timeout]
+                self._opened.append(client)
+        return client
+
+    def _within(self, call: Callable[[], T], timeout: float | None) -> T:
+        """Run an HTTP call within `timeout` seconds; a call cut off closes this thread's connection.
+
+        The HTTP transport is gevent's: a gevent timeout bounds the one call without changing the
+        connection's own timeouts, so no connection is opened per distinct timeout.
+        """
+        if timeout is None:
+            return call()
+        import gevent
+
+        try:
+            with gevent.Timeout(timeout):
+                return call()
+        except gevent.Timeout as error:
+            self._drop_http()
+            raise RerankTimeoutError(f"no answer within {timeout} s") from error
+
+    def _drop_http(self) -> None:
+        """Close this thread's connection (a request cut off mid-answer leaves it unusable)."""
+        client = getattr(self._local, "http", None)
+        if client is not None:
+            self._local.http = None
+            with self._opened_lock:
+                self._opened.remove(client)
+            client.close()
 
     def _infer(self, request: RerankRequest, timeout: float | None) -> dict[str, NDArray[Any]]:
+        parameters = parameters_within(request, timeout)
+        inputs = make_inputs(self._module, request)
         try:
             if self._grpc is not None:
                 result = self._grpc.infer(
-                    self.model,
-                    make_inputs(self._module, request),
-                    parameters=parameters_within(request, timeout),
-                    headers=self._headers,
-                    client_timeout=timeout,
+                    self.model, inputs, parameters=parameters, headers=self._headers, client_timeout=timeout
                 )
             else:
-                result = self._http(timeout).infer(
-                    self.model,
-                    make_inputs(self._module, request),
-                    parameters=parameters_within(request, timeout),
-                    headers=self._headers,
-                )
+                http = self._http()
+                call = lambda: http.infer(self.model, inputs, parameters=parameters, headers=self._headers)  # noqa: E731
+                result = self._within(call, timeout)
         except Exception as error:
             raise translate(error) from error
         return {name: result.as_numpy(name) for name in OUTPUTS}
 
-    def rerank(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        top_n: int | None = None,
-        layer: int | None = None,
-        dim: int | None = None,
-        normalize: bool = True,
-        return_documents: bool = False,
-        max_length: int | None = None,
-        truncate: bool = True,
-        prefilter_layer: int | None = None,
-        prefilter_dim: int | None = None,
-        prefilter_top_k: int | None = None,
-        timeout: float | None = None,
-    ) -> RerankResponse:
-        """Rank `documents` against `query`, best first; layer/dim None mean the server's defaults.
+    def rerank(self, query: str, documents: Sequence[str], **options: Unpack[RerankOptions]) -> RerankResponse:
+        """Rank `documents` against `query`, best first (options: `RerankOptions`).
 
         With `prefilter_layer` and `prefilter_top_k` the server runs a cascade: every document at
         the cheap exit (`prefilter_layer`, `prefilter_dim` or `dim`), the best `prefilter_top_k`
         continued to `layer`; each result's `exit_layer` says which exit scored it.
         """
-        check_top_n(top_n)
-        request = build_request(
-            query, documents, layer=layer, dim=dim, normalize=normalize, max_length=max_length, truncate=truncate,
-            prefilter_layer=prefilter_layer, prefilter_dim=prefilter_dim, prefilter_top_k=prefilter_top_k,
-        )  # fmt: skip
-        outputs = self._infer(request, self._call_timeout(timeout))
-        return build_response(outputs, documents, top_n=top_n, return_documents=return_documents, layer=layer, dim=dim)
+        call = rerank_call(query, documents, options, self.timeout)
+        return call.response(self._infer(call.request, call.timeout))
 
-    def score(
-        self,
-        query: str,
-        documents: Sequence[str],
-        *,
-        layer: int | None = None,
-        dim: int | None = None,
-        normalize: bool = True,
-        max_length: int | None = None,
-        truncate: bool = True,
-        timeout: float | None = None,
-    ) -> list[float]:
-        """One score per document, in input order (rerank's options but top_n and return_documents)."""
-        response = self.rerank(
-            query, documents, layer=layer, dim=dim, normalize=normalize, max_length=max_length, truncate=truncate,
-            timeout=timeout,
-        )  # fmt: skip
-        return scores_in_input_order(response)
+    def score(self, query: str, documents: Sequence[str], **options: Unpack[ScoreOptions]) -> list[float]:
+        """One score per document, in input order (options: `ScoreOptions`)."""
+        check_keywords("score", options, ScoreOptions)
+        return scores_in_input_order(self.rerank(query, documents, **options))
 
     def score_pairs(
-        self,
-        pairs: Sequence[tuple[str, str]],
-        *,
-        max_concurrency: int = 8,
-        layer: int | None = None,
-        dim: int | None = None,
-        normalize: bool = True,
-        max_length: int | None = None,
-        truncate: bool = True,
-        timeout: float | None = None,
+        self, pairs: Sequence[tuple[str, str]], *, max_concurrency: int = 8, **options: Unpack[ScoreOptions]
     ) -> list[float]:
-        """Scores of (query, document) pairs in input order; one request per distinct query, sent concurrently."""
+        """Scores of (query, document) pairs in input order; one request per distinct query.
+
+        At most `max_concurrency` requests are in flight at once, on this client's one thread pool
+        (each of its threads keeps one connection across calls).
+        """
         groups = group_pairs(pairs)
         scores = [0.0] * len(pairs)
+        slots = threading.BoundedSemaphore(max(1, max_concurrency))
 
         def run(query: str) -> None:
-            indices = groups[query]
-            values = self.score(
-                query, [pairs[i][1] for i in indices], layer=layer, dim=dim, normalize=normalize,
-                max_length=max_length, truncate=truncate, timeout=timeout,
-            )  # fmt: skip
-            for index, score in zip(indices, values, strict=True):
-                scores[index] = score
+            try:
+                indices = groups[query]
+                values = self.score(query, [pairs[i][1] for i in indices], **options)
+                for index, score in zip(indices, values, strict=True):
+                    scores[index] = score
+            finally:
+                slots.release()
 
-        with ThreadPoolExecutor(max(1, min(max_concurrency, len(groups)))) as pool:
-            for future in [pool.submit(run, query) for query in groups]:
-                future.result()
+        futures = []
+        for query in groups:
+            slots.acquire()
+            futures.append(self._workers().submit(run, query))
+        for future in futures:
+            future.result()
         return scores
+
+    def _workers(self) -> ThreadPoolExecutor:
+        """The thread pool `score_pairs` reuses, started on first use."""
+        with self._opened_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(POOL_THREADS, thread_name_prefix="mmrerank-client")
+            return self._pool
 
     def describe(self, timeout: float | None = None) -> ServedModel:
         """The served checkpoint: its exits, defaults, caps and name (from the model's configuration)."""
@@ -168,7 +168,9 @@ class RerankClient(ClientBase):
                     self.model, headers=self._headers, as_json=True, client_timeout=self._call_timeout(timeout)
                 )["config"]
             else:
-                config = self._http(self._call_timeout(timeout)).get_model_config(self.model, headers=self._headers)
+                http = self._http()
+                call = lambda: http.get_model_config(self.model, headers=self._headers)  # noqa: E731
+                config = self._within(call, self._call_timeout(timeout))
         except Exception as error:
             raise translate(error) from error
         return served_model(config)
@@ -176,8 +178,9 @@ class RerankClient(ClientBase):
     def is_ready(self) -> bool:
         """Whether the server is live and the model ready now."""
         try:
-            client = self._grpc if self._grpc is not None else self._http(self.timeout)
-            return bool(client.is_server_ready() and client.is_model_ready(self.model))
+            client = self._grpc if self._grpc is not None else self._http()
+            return bool(self._within(lambda: client.is_server_ready() and client.is_model_ready(self.model),
+                                     self.timeout))  # fmt: skip
         except Exception:  # noqa: BLE001 - any failure means not ready
             return False
 
@@ -191,8 +194,8 @@ class RerankClient(ClientBase):
                 break
             time.sleep(interval)
         try:
-            client = self._grpc if self._grpc is not None else self._http(self.timeout)
-            live = bool(client.is_server_live())
+            client = self._grpc if self._grpc is not None else self._http()
+            live = bool(self._within(client.is_server_live, self.timeout))
         except Exception:  # noqa: BLE001
             live = False
         if live:
@@ -200,9 +203,12 @@ class RerankClient(ClientBase):
         raise ServerUnavailableError(f"no server at {self.endpoint.address} after {timeout:.0f} s")
 
     def close(self) -> None:
-        """Close every connection this client opened, in any thread."""
+        """Close every connection this client opened, in any thread, and its thread pool."""
         with self._opened_lock:
             opened, self._opened = self._opened, []
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         for client in opened:
             client.close()
         self._local = threading.local()

@@ -258,6 +258,20 @@ class VarlenKernel(AttentionKernel):
     def unavailable_reason(cls, device: torch.device, dtype: torch.dtype) -> str | None:
         return _gpu_half_precision_reason(device, dtype) or _varlen_probe(device, dtype)
 
+    def varlen(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        cu_seq_q: torch.Tensor,
+        cu_seq_k: torch.Tensor,
+        max_q: int,
+        max_k: int,
+        window: tuple[int, int],
+    ) -> torch.Tensor:
+        """The variable-length attention call itself (the one thing FlashAttention-2's kernel does differently)."""
+        return varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, window_size=window)
+
     def attend(
         self,
         query: torch.Tensor,
@@ -268,10 +282,8 @@ class VarlenKernel(AttentionKernel):
         stop_check: StopCheck | None = None,
     ) -> torch.Tensor:
         window = (-1, -1) if half_window is None else (half_window, half_window)
-        cu = rows.cu_seqlens_int32
-        return varlen_attn(
-            query, key, value.contiguous(), cu, cu, rows.max_length, rows.max_length, window_size=window
-        )  # fmt: skip
+        cu, longest = rows.cu_seqlens_int32, rows.max_length
+        return self.varlen(query, key, value.contiguous(), cu, cu, longest, longest, window)
 
     def attend_cls(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, rows: PackedRows, half_window: int | None
@@ -282,16 +294,14 @@ class VarlenKernel(AttentionKernel):
             index, rows = rows.prefixes(half_window + 1)
             key, value = key[index], value[index]
         one_each = torch.arange(len(rows.host_lengths) + 1, dtype=torch.int32, device=query.device)
-        return varlen_attn(
-            query.contiguous(), key, value.contiguous(), one_each, rows.cu_seqlens_int32, 1, rows.max_length
-        )  # fmt: skip
+        cu = rows.cu_seqlens_int32
+        return self.varlen(query.contiguous(), key, value.contiguous(), one_each, cu, 1, rows.max_length, (-1, -1))
 
 
-class FlashKernel(AttentionKernel):
-    """FlashAttention-2 varlen, `window_size` for the sliding-window layers (GPU, bf16/fp16, `flash_attn`)."""
+class FlashKernel(VarlenKernel):
+    """FlashAttention-2's `flash_attn_varlen_func` in place of PyTorch's (GPU, bf16/fp16, `flash_attn` installed)."""
 
     name = "flash"
-    # One call per layer: a 32K-token layer takes milliseconds here, so `stop_check` runs between layers only.
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -299,22 +309,20 @@ class FlashKernel(AttentionKernel):
             return "the flash_attn package is not installed"
         return _gpu_half_precision_reason(device, dtype)
 
-    def attend(
+    def varlen(
         self,
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        rows: PackedRows,
-        half_window: int | None,
-        stop_check: StopCheck | None = None,
+        cu_seq_q: torch.Tensor,
+        cu_seq_k: torch.Tensor,
+        max_q: int,
+        max_k: int,
+        window: tuple[int, int],
     ) -> torch.Tensor:
         from flash_attn import flash_attn_varlen_func
 
-        window = (-1, -1) if half_window is None else (half_window, half_window)
-        cu = rows.cu_seqlens.to(torch.int32)
-        return flash_attn_varlen_func(
-            query, key, value, cu, cu, rows.max_length, rows.max_length, window_size=window
-        )  # fmt: skip
+        return flash_attn_varlen_func(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, window_size=window)
 
 
 KERNELS: dict[str, type[AttentionKernel]] = {

@@ -374,3 +374,59 @@ def test_describe_reads_the_served_checkpoint_from_the_model_config(monkeypatch)
     config["parameters"] = {}
     with pytest.raises(RerankError, match="does not describe its checkpoint.*mmrerank launcher"):
         RerankClient("grpc://h").describe()
+
+
+def test_one_http_connection_per_thread_whatever_the_timeouts(fake):
+    client = RerankClient("http://h")
+    for timeout in (0.5, 1.0, 1.5, 2.0, None, 7.25):
+        client.rerank("q", DOCS, timeout=timeout)
+    assert fake.opened == 1
+    assert [call["parameters"]["deadline_ms"] for call in fake.calls] == [500, 1000, 1500, 2000, 60_000, 7250]
+    client.close()
+    assert fake.closed == 1
+
+
+def test_an_http_call_cut_off_by_its_timeout_drops_only_its_connection(fake):
+    import gevent
+
+    client = RerankClient("http://h")
+    client.rerank("q", DOCS)
+    with pytest.raises(RerankTimeoutError, match="no answer within 0.05 s"):
+        client._within(lambda: gevent.sleep(5), 0.05)
+    assert fake.closed == 1
+    client.rerank("q", DOCS)
+    assert fake.opened == 2
+
+
+def test_score_pairs_reuses_one_pool_and_keeps_to_its_concurrency(fake):
+    fake.delay = 0.05
+    client = RerankClient("http://h")
+    pairs = [(f"q{i}", "doc") for i in range(8)]
+    for _ in range(3):
+        client.score_pairs(pairs, max_concurrency=2)
+    assert fake.opened <= 3  # the pool's threads and their connections outlive each call
+    client.close()
+
+
+def test_async_score_pairs_keeps_to_its_concurrency(fake):
+    in_flight, most = 0, 0
+
+    async def run():
+        async with AsyncRerankClient("grpc://h") as client:
+            original = client._infer
+
+            async def counted(request, timeout):
+                nonlocal in_flight, most
+                in_flight += 1
+                most = max(most, in_flight)
+                await asyncio.sleep(0.01)
+                try:
+                    return await original(request, timeout)
+                finally:
+                    in_flight -= 1
+
+            client._infer = counted
+            return await client.score_pairs([(f"q{i}", "doc") for i in range(20)], max_concurrency=3)
+
+    assert len(asyncio.run(run())) == 20
+    assert most == 3

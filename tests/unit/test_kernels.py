@@ -7,7 +7,6 @@ kernel; on a GPU the real kernel is checked against the padded one (and by scrip
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections.abc import Callable
 
@@ -40,16 +39,22 @@ def mixed_batch(vocab: int = 2000) -> tuple[np.ndarray, list[int]]:
     return np.concatenate(rows), LENGTHS
 
 
+def assert_equal_for_every_exit(other: MatryoshkaReranker, padded: MatryoshkaReranker) -> None:
+    """`other` scores the mixed batch as the padded kernel does, at every exit layer and a mix of widths."""
+    assert isinstance(padded.kernel, PaddedKernel)
+    ids, lengths = mixed_batch()
+    for layer in padded.spec.layer_indices:
+        dims = [padded.spec.dim_indices[i % 5] for i in range(len(lengths))]
+        np.testing.assert_allclose(
+            other.logits(ids, lengths, layer, dims), padded.logits(ids, lengths, layer, dims), rtol=1e-4, atol=1e-5
+        )
+
+
 @pytest.mark.parametrize("name", CPU_KERNELS)
 def test_every_cpu_kernel_equals_the_padded_kernel_for_every_exit(tiny_checkpoint, reranker, name):
-    assert isinstance(reranker.kernel, PaddedKernel)
-    other = MatryoshkaReranker.from_pretrained(tiny_checkpoint, device="cpu", attention=name)
-    ids, lengths = mixed_batch()
-    for layer in reranker.spec.layer_indices:
-        dims = [reranker.spec.dim_indices[i % 5] for i in range(len(lengths))]
-        np.testing.assert_allclose(
-            other.logits(ids, lengths, layer, dims), reranker.logits(ids, lengths, layer, dims), rtol=1e-4, atol=1e-5
-        )
+    assert_equal_for_every_exit(
+        MatryoshkaReranker.from_pretrained(tiny_checkpoint, device="cpu", attention=name), reranker
+    )
 
 
 def test_auto_picks_padded_on_cpu_and_says_why_varlen_was_passed_over(caplog):
@@ -86,13 +91,9 @@ def reference_varlen_attn(query, key, value, cu_seq_q, cu_seq_k, max_q, max_k, w
 def test_varlen_bookkeeping_equals_the_padded_kernel_for_every_exit(tiny_checkpoint, reranker, monkeypatch):
     monkeypatch.setattr(kernels_module, "varlen_attn", reference_varlen_attn)
     monkeypatch.setattr(VarlenKernel, "unavailable_reason", classmethod(lambda cls, device, dtype: None))
-    varlen = MatryoshkaReranker.from_pretrained(tiny_checkpoint, device="cpu", attention="varlen")
-    ids, lengths = mixed_batch()
-    for layer in reranker.spec.layer_indices:
-        dims = [reranker.spec.dim_indices[i % 5] for i in range(len(lengths))]
-        np.testing.assert_allclose(
-            varlen.logits(ids, lengths, layer, dims), reranker.logits(ids, lengths, layer, dims), rtol=1e-4, atol=1e-5
-        )
+    assert_equal_for_every_exit(
+        MatryoshkaReranker.from_pretrained(tiny_checkpoint, device="cpu", attention="varlen"), reranker
+    )
 
 
 class LargestTensor(TorchDispatchMode):
@@ -153,36 +154,30 @@ def test_a_32k_document_beside_999_short_ones_scores_as_alone_in_bounded_memory(
         assert largest_together <= 4 * largest_alone, (layer, largest_together, largest_alone)
 
 
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or importlib.util.find_spec("flash_attn") is None,
-    reason="needs a CUDA/ROCm GPU with flash_attn installed; the other kernels are checked on CPU above",
-)
-def test_flash_attention_matches_the_padded_kernel_in_bf16(tiny_checkpoint):
-    flash = MatryoshkaReranker.from_pretrained(tiny_checkpoint, device="cuda", attention="flash")
-    padded = MatryoshkaReranker.from_pretrained(tiny_checkpoint, device="cuda", attention="padded")
-    ids, lengths = mixed_batch()
-    for layer in flash.spec.layer_indices:
-        np.testing.assert_allclose(
-            flash.logits(ids, lengths, layer, [64] * len(lengths)),
-            padded.logits(ids, lengths, layer, [64] * len(lengths)),
-            rtol=5e-2,
-            atol=5e-2,
+def gpu_kernel_reason(name: str) -> str | None:
+    """Why the GPU kernel `name` cannot be checked here, or None."""
+    if not torch.cuda.is_available():
+        return (
+            "needs a CUDA or ROCm GPU; the bookkeeping is checked on CPU above, and scripts/gpu-check compares kernels"
         )
+    return KERNELS[name].unavailable_reason(torch.device("cuda"), torch.bfloat16)
 
 
-@pytest.mark.skipif(
-    not (torch.cuda.is_available() and VarlenKernel.runs_on(torch.device("cuda"), torch.bfloat16)),
-    reason="needs a GPU whose PyTorch runs varlen_attn with windows (2.11+); bookkeeping is checked on CPU above, "
-    "and scripts/gpu-check compares every kernel on a GPU",
-)
-def test_varlen_matches_the_padded_kernel_in_bf16_for_every_exit(tiny_checkpoint):
-    varlen = MatryoshkaReranker.from_pretrained(tiny_checkpoint, device="cuda", attention="varlen")
+GPU_KERNELS = [
+    pytest.param(name, marks=pytest.mark.skipif(bool(reason), reason=str(reason)))
+    for name, reason in ((name, gpu_kernel_reason(name)) for name in ("varlen", "flash"))
+]
+
+
+@pytest.mark.parametrize("name", GPU_KERNELS)
+def test_a_gpu_kernel_matches_the_padded_kernel_in_bf16_for_every_exit(tiny_checkpoint, name):
+    kernel = MatryoshkaReranker.from_pretrained(tiny_checkpoint, device="cuda", attention=name)
     padded = MatryoshkaReranker.from_pretrained(tiny_checkpoint, device="cuda", attention="padded")
     assert choose_kernel("auto", torch.device("cuda"), torch.bfloat16).name == "varlen"
     ids, lengths = mixed_batch()
-    for layer in varlen.spec.layer_indices:
+    for layer in kernel.spec.layer_indices:
         np.testing.assert_allclose(
-            varlen.logits(ids, lengths, layer, [64] * len(lengths)),
+            kernel.logits(ids, lengths, layer, [64] * len(lengths)),
             padded.logits(ids, lengths, layer, [64] * len(lengths)),
             rtol=5e-2,
             atol=5e-2,
