@@ -3,14 +3,18 @@ and long requests whose clients gave up stop costing compute."""
 
 from __future__ import annotations
 
+import re
+import shutil
 import threading
 import time
 import urllib.request
 
 import pytest
-from helpers import infer
+import tritonclient.grpc as grpcclient
+from helpers import infer, rerank_inputs
 from tritonclient.utils import InferenceServerException
 
+from mmrerank.dev.background import REPO_ROOT, start_server
 from mmrerank_client import RerankClient, RerankTimeoutError
 
 LONG = ["water " * 17_000] * 2  # two pairs of about 16K tokens
@@ -86,3 +90,44 @@ def test_a_request_past_its_deadline_is_answered_cancelled(server):
     with pytest.raises(InferenceServerException, match="passed its deadline") as error:
         infer("grpc", server.grpc_url, "river", LONG, layer=6, deadline_ms=200)
     assert str(error.value.status()) == "StatusCode.CANCELLED"
+
+
+def give_up_on_a_raw_request(url: str) -> None:
+    """A plain KServe gRPC client, no deadline_ms: it gives up after 0.3 s and leaves the work behind."""
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        with pytest.raises(InferenceServerException):
+            client.infer(
+                "rerank", rerank_inputs(grpcclient, "river", LONG), parameters={"layer": 6}, client_timeout=0.3
+            )
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
+def test_the_default_deadline_stops_work_that_raw_clients_left_behind(tiny_checkpoint, tmp_path):
+    """Triton cancels an abandoned request only between ensemble steps; the default deadline stops the rest."""
+    repository = tmp_path / "model_repository"
+    shutil.copytree(REPO_ROOT / "model_repository", repository)
+    config = repository / "tokenizer" / "configs" / "cpu.pbtxt"
+    config.write_text(re.sub(r'("default_deadline_ms" value: \{ string_value: ")\d+', r"\g<1>1000", config.read_text()))
+    server = start_server(tiny_checkpoint, tmp_path / "server.log", "--model-repository", str(repository))
+    try:
+        with RerankClient(f"grpc://{server.grpc_url}", timeout=600) as client:
+            client.rerank("river", SHORT, layer=6)
+            started = time.monotonic()
+            client.rerank("river", LONG, layer=6, timeout=600)
+            long_alone = time.monotonic() - started
+            assert long_alone > 2.0, "the long request must take long enough for the comparison to mean something"
+            threads = [threading.Thread(target=give_up_on_a_raw_request, args=(server.grpc_url,)) for _ in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            began = time.monotonic()
+            client.rerank("river", SHORT, layer=6)
+            short = time.monotonic() - began
+    finally:
+        server.stop()
+    # Without a default deadline the short request waited for all three (80.9 s on this CPU's demo).
+    assert short < 0.5 * long_alone, (short, long_alone)

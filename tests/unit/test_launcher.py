@@ -114,7 +114,7 @@ def test_launcher_overrides_reach_every_reranker_config_of_the_served_copy(tiny_
     cpu = materialize(launcher.DEFAULT_MODEL_REPOSITORY, layout, tmp_path / "cpu", "cpu")
     tokenizer_cpu = config_parameters((cpu / "tokenizer" / "configs" / "cpu.pbtxt").read_text())
     reranker_cpu = config_parameters((cpu / "reranker" / "configs" / "cpu.pbtxt").read_text())
-    assert reranker_cpu["default_deadline_ms"] == tokenizer_cpu["default_deadline_ms"] == "600000"
+    assert reranker_cpu["default_deadline_ms"] == tokenizer_cpu["default_deadline_ms"] == "120000"
     source_settings = config_parameters((launcher.DEFAULT_MODEL_REPOSITORY / "reranker" / "config.pbtxt").read_text())
     assert source_settings["attention"] == "auto"
     with pytest.raises(RepositoryError, match="has no parameter 'no_such_key'"):

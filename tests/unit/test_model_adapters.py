@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 from triton_stub import FakeRequest, MetricFamily, load_adapter, model_args
@@ -204,3 +206,15 @@ def test_the_reranker_is_warm_before_initialize_returns(pb_utils, tiny_checkpoin
     model.initialize(model_args("reranker", "configs/cpu.pbtxt"))
     assert calls == [1, 2, 4, 6]
     assert "warmed up 4 exits" in logged[-1]
+
+
+def test_a_deadline_counts_from_when_the_tokenizer_step_starts_on_the_request(tokenizer_model):
+    before = time.monotonic()
+    own, default = tokenizer_model.execute([
+        FakeRequest({"query": texts("river"), "documents": texts("water")}, {"deadline_ms": 1500}),
+        FakeRequest({"query": texts("river"), "documents": texts("water")}),
+    ])  # fmt: skip
+    after = time.monotonic()
+    assert before + 1.5 <= float(own.output("_deadline")[0, 0]) <= after + 1.5
+    # Without its own, the config's default: 60 s in the GPU config (configs/cpu.pbtxt: 120 s).
+    assert before + 60 <= float(default.output("_deadline")[0, 0]) <= after + 60
