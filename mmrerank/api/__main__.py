@@ -24,7 +24,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--triton-grpc", required=True, help="host:port of Triton's gRPC endpoint")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per rerank request (then 504)")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per rerank request (then 504)")
     parser.add_argument("--max-body-bytes", type=int, default=64 * 2**20, help="larger request bodies get 413")
     parser.add_argument("--graceful-seconds", type=float, default=30.0, help="in-flight requests' time on SIGTERM")
     return parser.parse_args(argv)

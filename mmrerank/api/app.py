@@ -38,6 +38,11 @@ from mmrerank.serving.contract import quote
 from mmrerank_client import ServedModel
 
 RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
+# A document is a string or an object: pydantic reports a failure of each branch, and these types
+# mean "the other branch" (a string where an object was tried, or the reverse).
+WRONG_BRANCH = {"string_type", "model_type", "model_attributes_type"}
+# Cohere caps a document at 4,096 tokens unless `max_tokens_per_doc` says otherwise; so do the Cohere routes.
+COHERE_MAX_TOKENS_PER_DOC = 4096
 RETRY_AFTER_SECONDS = "1"
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 413, 422, 503, 504)
@@ -45,7 +50,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` gets 413 before the app reads it whole."""
+    """ASGI middleware: a request body over `max_bytes` gets 413, declared or chunked, before the app sees it.
+
+    The body is read here (at most `max_bytes`, what the app would hold anyway) and replayed to the app.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -58,28 +66,34 @@ class BodyLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, receive, send)
             return
-        seen = 0
-
-        async def counted() -> Message:
-            nonlocal seen
+        chunks, seen = [], 0
+        while True:
             message = await receive()
-            seen += len(message.get("body", b""))
+            if message["type"] != "http.request":
+                await self.app(scope, receive, send)  # the client left; the app sees the disconnect
+                return
+            chunks.append(message.get("body", b""))
+            seen += len(chunks[-1])
             if seen > self.max_bytes:
-                raise _BodyTooLarge
-            return message
+                await self._refuse(scope, receive, send)
+                return
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        replayed = False
 
-        try:
-            await self.app(scope, counted, send)
-        except _BodyTooLarge:
-            await self._refuse(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(413, f"the request body is over the {self.max_bytes}-byte limit")
         await response(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    """Raised inside the body stream when it passes the limit."""
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -88,14 +102,23 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 def validation_message(errors: list[Any]) -> tuple[int, str]:
-    """The status and a one-line message for pydantic's or FastAPI's validation errors."""
-    first = errors[0] if errors else {}
+    """The status and a one-line message for pydantic's or FastAPI's validation errors.
+
+    A document that may be a string or an object fails both ways; the object's error says more.
+    """
+    relevant = [error for error in errors if error.get("type") not in WRONG_BRANCH] or errors
+    first = relevant[0] if relevant else {}
     if first.get("type") == "json_invalid":
         return 400, "the request body is not valid JSON"
-    where = ".".join(str(part) for part in first.get("loc", ()) if part != "body") or "body"
+    where = ".".join(str(part) for part in first.get("loc", ()) if not is_branch_tag(part)) or "body"
     if first.get("type") == "extra_forbidden":
         return 422, f"unknown field {quote(where)}"
     return 422, f"field {quote(where)}: {first.get('msg', 'invalid')}"
+
+
+def is_branch_tag(part: object) -> bool:
+    """Whether a part of a validation error's location names the body or a union's branch, not a field."""
+    return isinstance(part, str) and (part in ("body", "str", "Document") or part.startswith("function-"))
 
 
 def answer(content: BaseModel | list[TeiResult]) -> JSONResponse:
@@ -140,6 +163,7 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
         version=__version__,
         description="Cohere/Jina- and TEI-shaped rerank routes in front of the Triton `rerank` model.",
         lifespan=lifespan,
+        redirect_slashes=False,  # a redirect would be built from the Host header, and skip the key check
     )
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     served: list[ServedModel] = []
@@ -172,12 +196,15 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
 
     async def cohere(request: CohereV2Request, version: str, return_documents: bool) -> CohereResponse:
         parameters = request.parameters()
+        if parameters.get("normalize") is False:
+            raise HTTPException(422, "the Cohere routes return relevance_score in [0, 1]; for raw logits use "
+                                "POST /rerank with 'texts' and 'raw_scores': true")  # fmt: skip
         if request.truncate is not None:
             parameters["truncate"] = request.truncate
-        if request.max_tokens_per_doc is not None and "max_length" not in parameters:
+        if "max_length" not in parameters:
             # The server's limit counts the whole pair; it never cuts the query.
             cap = (await served_model()).max_tokens_per_pair
-            parameters["max_length"] = min(request.max_tokens_per_doc, cap)
+            parameters["max_length"] = min(request.max_tokens_per_doc or COHERE_MAX_TOKENS_PER_DOC, cap)
         texts = request.texts()
         ranking = await triton.rank(request.query, texts, parameters)
         results = [
@@ -237,6 +264,11 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
             status, message = validation_message(list(error.errors()))
             raise HTTPException(status, message) from error
         raise HTTPException(422, "send 'texts' (the TEI shape) or 'documents' (the Cohere shape)")
+
+    @app.head("/health", include_in_schema=False)
+    async def health_head() -> JSONResponse:
+        """HEAD /health: the status of GET /health (load balancers probe with HEAD)."""
+        return await health()
 
     @app.get("/health", responses={503: {"model": ErrorBody}})
     async def health() -> JSONResponse:

@@ -1,36 +1,55 @@
 """Request and response shapes of the rerank API front: Cohere/Jina (`/v1/rerank`, `/v2/rerank`) and TEI (`/rerank`).
 
-Unknown fields are refused, as the Triton path refuses unknown parameters. The optional fields
-`layer`, `dim`, `normalize`, `max_length`, `truncate`, `prefilter_*` and `deadline_ms` pass through
-to the `rerank` model as request parameters.
+Unknown fields are refused, as the Triton path refuses unknown parameters, and types are strict
+as there ("2" is not an integer, "yes" not a boolean); integers are bounded to what a request
+parameter can carry (64 bits) and text must be valid Unicode (no lone surrogates). The optional
+fields `layer`, `dim`, `normalize`, `max_length`, `truncate`, `prefilter_*` and `deadline_ms`
+pass through to the `rerank` model as request parameters.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from mmrerank_client.contract import MAX_DEADLINE_MS
+
+
+def valid_unicode(text: str) -> str:
+    """`text` when it encodes as UTF-8; JSON escapes of UTF-16 halves can carry lone surrogates, which do not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"text is not valid Unicode (a lone surrogate at character {error.start})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(valid_unicode)]
+# A request parameter travels as a 64-bit integer; the server then checks the value itself.
+Int64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
+STRICT = ConfigDict(extra="forbid", strict=True)
 
 
 class Document(BaseModel):
-    """A document given as an object (Cohere v1, Jina)."""
+    """A document given as an object (Cohere v1, Jina): its `text` is ranked; other fields (a title...) are ignored."""
 
-    model_config = ConfigDict(extra="forbid")
-    text: str
+    model_config = ConfigDict(extra="ignore", strict=True)
+    text: Text
 
 
 class Passthrough(BaseModel):
     """The `rerank` model's own request parameters, accepted by every route."""
 
-    model_config = ConfigDict(extra="forbid")
-    layer: int | None = None
-    dim: int | None = None
+    model_config = STRICT
+    layer: Int64 | None = None
+    dim: Int64 | None = None
     normalize: bool | None = None
-    max_length: int | None = None
-    prefilter_layer: int | None = None
-    prefilter_dim: int | None = None
-    prefilter_top_k: int | None = None
-    deadline_ms: int | None = None
+    max_length: Int64 | None = None
+    prefilter_layer: Int64 | None = None
+    prefilter_dim: Int64 | None = None
+    prefilter_top_k: Int64 | None = None
+    deadline_ms: int | None = Field(default=None, ge=1, le=MAX_DEADLINE_MS)
 
     def parameters(self) -> dict[str, Any]:
         """The fields that were given, as Triton request parameters."""
@@ -41,13 +60,13 @@ class Passthrough(BaseModel):
 class CohereV2Request(Passthrough):
     """Cohere v2 (`ClientV2.rerank`): `{model, query, documents, top_n, max_tokens_per_doc}`."""
 
-    model: str | None = None
-    query: str
-    documents: list[str | Document] = Field(min_length=1)
-    top_n: int | None = Field(default=None, ge=1)
-    max_tokens_per_doc: int | None = Field(default=None, ge=1)
+    model: Text | None = None
+    query: Text
+    documents: list[Text | Document] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=1, le=2**63 - 1)
+    max_tokens_per_doc: int | None = Field(default=None, ge=1, le=2**63 - 1)
     rank_fields: list[str] | None = None  # Cohere v1 (structured documents); only "text" is meaningful here
-    priority: int | None = None  # Cohere's scheduling hint; accepted and not used
+    priority: Int64 | None = None  # Cohere's scheduling hint; accepted and not used
     truncate: bool | None = None
 
     @field_validator("rank_fields")
@@ -71,8 +90,8 @@ class CohereRequest(CohereV2Request):
 class TeiRequest(Passthrough):
     """text-embeddings-inference: `{query, texts, raw_scores, return_text, truncate, truncation_direction}`."""
 
-    query: str
-    texts: list[str] = Field(min_length=1)
+    query: Text
+    texts: list[Text] = Field(min_length=1)
     raw_scores: bool = False
     return_text: bool = False
     truncate: bool = False

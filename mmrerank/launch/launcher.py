@@ -181,7 +181,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--api-timeout",
         type=float,
-        default=600.0,
+        default=60.0,
         help="seconds the rerank API front waits for one request (then 504); also that request's deadline",
     )
     parser.add_argument(

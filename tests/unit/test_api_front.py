@@ -61,7 +61,7 @@ def test_cohere_v1_sorts_cuts_to_top_n_and_echoes_documents(api, triton):
     assert [r["index"] for r in answer["results"]] == [1, 2]
     assert answer["results"][0]["document"] == {"text": DOCS[1]} and answer["model"] == "m"
     assert answer["usage"] == {"total_tokens": 21} and answer["meta"]["api_version"] == {"version": "1"}
-    assert triton.calls[-1] == ("q", DOCS, {})
+    assert triton.calls[-1] == ("q", DOCS, {"max_length": 4096})  # Cohere's own per-document default
 
 
 def test_cohere_v2_returns_no_documents_and_refuses_return_documents(api):
@@ -90,7 +90,10 @@ def test_tei_shape_on_rerank_with_raw_scores_and_text(api, triton):
 def test_the_models_own_parameters_pass_through(api, triton):
     body = {"query": "q", "documents": DOCS, "layer": 6, "dim": 64, "prefilter_layer": 1, "prefilter_top_k": 2}
     api.post("/v1/rerank", json=body)
-    assert triton.calls[-1][2] == {"layer": 6, "dim": 64, "prefilter_layer": 1, "prefilter_top_k": 2}
+    assert triton.calls[-1][2] == {"layer": 6, "dim": 64, "prefilter_layer": 1, "prefilter_top_k": 2,
+                                   "max_length": 4096}  # fmt: skip
+    api.post("/v1/rerank", json={**body, "max_length": 20000})
+    assert triton.calls[-1][2]["max_length"] == 20000
 
 
 @pytest.mark.parametrize(
@@ -103,12 +106,65 @@ def test_the_models_own_parameters_pass_through(api, triton):
         ("/rerank", {"query": "q"}, 422, "send 'texts' (the TEI shape) or 'documents' (the Cohere shape)"),
         ("/rerank", {"query": "q", "texts": DOCS, "truncation_direction": "left"}, 422, "only 'right' is supported"),
         ("/rerank", {"query": "q", "texts": DOCS, "x" * 5000: 1}, 422, "unknown field 'xxxxxxxx"),
+        ("/v1/rerank", {"query": "q", "documents": DOCS, "layer": 2**64}, 422, "field 'layer': Input should be less"),
+        ("/v1/rerank", {"query": "q", "documents": DOCS, "dim": -(2**70)}, 422, "field 'dim'"),
+        ("/v1/rerank", {"query": "q", "documents": DOCS, "max_length": 10**30}, 422, "field 'max_length'"),
+        ("/v1/rerank", {"query": "q", "documents": DOCS, "deadline_ms": 2**64}, 422, "field 'deadline_ms'"),
+        ("/v1/rerank", {"query": "q", "documents": DOCS, "prefilter_top_k": 2**64}, 422, "field 'prefilter_top_k'"),
+        ("/v1/rerank", {"query": "q", "documents": DOCS, "top_n": "2"}, 422, "field 'top_n': Input should be a valid"),
+        ("/v1/rerank", {"query": "q", "documents": DOCS, "return_documents": "yes"}, 422, "field 'return_documents'"),
+        ("/v1/rerank", {"query": "q", "documents": DOCS, "layer": "2"}, 422, "field 'layer'"),
+        ("/rerank", {"query": "q", "texts": DOCS, "normalize": "no"}, 422, "field 'normalize'"),
+        ("/v1/rerank", {"query": "q", "documents": [{"title": "t"}]}, 422, "field 'documents.0.text': Field required"),
+        ("/v1/rerank", {"query": "q", "documents": DOCS, "normalize": False}, 422, "relevance_score in [0, 1]"),
     ],
 )
 def test_client_mistakes_get_a_json_message(api, path, body, status, message):
     answer = api.post(path, json=body)
     assert answer.status_code == status and message in answer.json()["message"]
     assert len(answer.json()["message"]) < 300
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "body"),
+    [
+        ("/v1/rerank", "query", '{"query": "a\\ud800b", "documents": ["x"]}'),
+        ("/v1/rerank", "documents.0", '{"query": "q", "documents": ["a\\udfffb"]}'),
+        ("/v1/rerank", "documents.0.text", '{"query": "q", "documents": [{"text": "\\ud800"}]}'),
+        ("/rerank", "texts.1", '{"query": "q", "texts": ["fine", "a\\ud800b"]}'),
+        ("/v2/rerank", "model", '{"model": "m\\ud800", "query": "q", "documents": ["x"]}'),
+    ],
+)
+def test_text_that_is_not_valid_unicode_is_refused_before_scoring(api, triton, path, field, body):
+    answer = api.post(path, content=body.encode(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["message"].startswith(f"field '{field}'") and "lone surrogate" in answer.json()["message"]
+    assert triton.calls == []
+
+
+def test_cohere_document_objects_may_carry_other_fields(api, triton):
+    body = {"query": "q", "documents": [{"text": DOCS[0], "title": "a title", "id": 7}, DOCS[1]]}
+    assert api.post("/v1/rerank", json=body).status_code == 200
+    assert triton.calls[-1][1] == DOCS[:2]
+
+
+def test_no_redirect_is_built_from_the_host_header_and_health_answers_head(api):
+    answer = api.post("/v1/rerank/", json={"query": "q", "documents": DOCS}, headers={"Host": "evil.example"},
+                      follow_redirects=False)  # fmt: skip
+    assert answer.status_code == 404 and "location" not in answer.headers
+    assert api.head("/health").status_code == 200
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(api, triton):
+    def chunks():
+        yield b'{"query": "q", "documents": ["'
+        for _ in range(20):
+            yield b"x" * 1000
+        yield b'"]}'
+
+    answer = api.post("/v1/rerank", content=chunks(), headers={"Content-Type": "application/json"})
+    assert answer.status_code == 413 and "10000-byte limit" in answer.json()["message"]
+    assert triton.calls == []
 
 
 def test_malformed_json_is_a_400_not_a_500(api):
