@@ -137,6 +137,7 @@ class RerankOptions(ScoreOptions, total=False):
 
     top_n: int | None
     return_documents: bool
+    request_id: str  # Triton's request id (in its logs and traces); the rerank API front cancels by it
     prefilter_layer: int | None
     prefilter_dim: int | None
     prefilter_top_k: int | None
@@ -150,6 +151,11 @@ class RerankCall:
     documents: Sequence[str]
     options: RerankOptions
     timeout: float | None
+
+    @property
+    def request_id(self) -> str:
+        """The request id to send ("" for none)."""
+        return self.options.get("request_id", "")
 
     def response(self, outputs: dict[str, NDArray[Any]]) -> RerankResponse:
         """The server's outputs as the call's response."""

@@ -43,10 +43,13 @@ class AsyncRerankClient(ClientBase):
         self._module: Any = transport(self.endpoint.protocol, asynchronous=True)
         self._client: Any = self._module.InferenceServerClient(self.endpoint.address)
 
-    async def _infer(self, request: RerankRequest, timeout: float | None) -> dict[str, NDArray[Any]]:
+    async def _infer(
+        self, request: RerankRequest, timeout: float | None, request_id: str = ""
+    ) -> dict[str, NDArray[Any]]:
         call = self._client.infer(
             self.model,
             make_inputs(self._module, request),
+            request_id=request_id,
             parameters=parameters_within(request, timeout),
             headers=self._headers,
         )
@@ -66,7 +69,7 @@ class AsyncRerankClient(ClientBase):
         continued to `layer`; each result's `exit_layer` says which exit scored it.
         """
         call = rerank_call(query, documents, options, self.timeout)
-        return call.response(await self._infer(call.request, call.timeout))
+        return call.response(await self._infer(call.request, call.timeout, call.request_id))
 
     async def score(self, query: str, documents: Sequence[str], **options: Unpack[ScoreOptions]) -> list[float]:
         """One score per document, in input order (options: `ScoreOptions`)."""

@@ -93,17 +93,20 @@ class RerankClient(ClientBase):
                 self._opened.remove(client)
             client.close()
 
-    def _infer(self, request: RerankRequest, timeout: float | None) -> dict[str, NDArray[Any]]:
+    def _infer(self, request: RerankRequest, timeout: float | None, request_id: str = "") -> dict[str, NDArray[Any]]:
         parameters = parameters_within(request, timeout)
         inputs = make_inputs(self._module, request)
         try:
             if self._grpc is not None:
                 result = self._grpc.infer(
-                    self.model, inputs, parameters=parameters, headers=self._headers, client_timeout=timeout
-                )
+                    self.model, inputs, request_id=request_id, parameters=parameters, headers=self._headers,
+                    client_timeout=timeout,
+                )  # fmt: skip
             else:
                 http = self._http()
-                call = lambda: http.infer(self.model, inputs, parameters=parameters, headers=self._headers)  # noqa: E731
+                call = lambda: http.infer(  # noqa: E731
+                    self.model, inputs, request_id=request_id, parameters=parameters, headers=self._headers
+                )
                 result = self._within(call, timeout)
         except Exception as error:
             raise translate(error) from error
@@ -117,7 +120,7 @@ class RerankClient(ClientBase):
         continued to `layer`; each result's `exit_layer` says which exit scored it.
         """
         call = rerank_call(query, documents, options, self.timeout)
-        return call.response(self._infer(call.request, call.timeout))
+        return call.response(self._infer(call.request, call.timeout, call.request_id))
 
     def score(self, query: str, documents: Sequence[str], **options: Unpack[ScoreOptions]) -> list[float]:
         """One score per document, in input order (options: `ScoreOptions`)."""

@@ -1,7 +1,8 @@
 """Run the rerank API front: `python -m mmrerank.api --triton-grpc HOST:PORT [--host H] [--port P]`.
 
 The API key comes from $MMRERANK_API_KEY, never from the command line, so it is not visible in
-process listings; the launcher starts this beside tritonserver.
+process listings; the launcher starts this beside tritonserver, with $MMRERANK_CANCEL_DIR naming
+where it tells the models about clients that went away.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import uvicorn
 
 from mmrerank.api.app import create_app
 from mmrerank.api.triton import TritonReranker
+from mmrerank.serving.deadlines import CancelNotices
 
 API_KEY_ENV = "MMRERANK_API_KEY"
 
@@ -34,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM or Ctrl-C; in-flight requests finish first."""
     args = parse_args(argv)
     api_key = os.environ.get(API_KEY_ENV) or None
-    app = create_app(TritonReranker(args.triton_grpc, api_key, args.timeout), api_key, args.max_body_bytes)
+    triton = TritonReranker(args.triton_grpc, api_key, args.timeout)
+    app = create_app(triton, api_key, args.max_body_bytes, CancelNotices.from_environment())
     uvicorn.run(
         app,
         host=args.host,

@@ -6,6 +6,7 @@ FastAPI on uvicorn: request shapes are pydantic models, so the OpenAPI page (`/d
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import uuid
 from collections.abc import AsyncIterator
@@ -35,7 +36,8 @@ from mmrerank.api.shapes import (
 )
 from mmrerank.api.triton import TritonReranker, UpstreamError
 from mmrerank.serving.contract import quote
-from mmrerank_client import ServedModel
+from mmrerank.serving.deadlines import CancelNotices
+from mmrerank_client import RerankResponse, ServedModel
 
 RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
 # A document is a string or an object: pydantic reports a failure of each branch, and these types
@@ -43,6 +45,8 @@ RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
 WRONG_BRANCH = {"string_type", "model_type", "model_attributes_type"}
 # Cohere caps a document at 4,096 tokens unless `max_tokens_per_doc` says otherwise; so do the Cohere routes.
 COHERE_MAX_TOKENS_PER_DOC = 4096
+# Logged for a request whose client left (nginx's convention); nobody receives it.
+CLIENT_CLOSED_REQUEST = 499
 RETRY_AFTER_SECONDS = "1"
 ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody} for status in (400, 401, 413, 422, 503, 504)
@@ -94,6 +98,16 @@ class BodyLimit:
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = error_response(413, f"the request body is over the {self.max_bytes}-byte limit")
         await response(scope, receive, send)
+
+
+class ClientGone(Exception):
+    """The client closed its connection before its answer was ready."""
+
+
+async def disconnected(http: Request) -> None:
+    """Return once the client of `http` has gone away (its body is read: the next message says so)."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -150,8 +164,17 @@ class RequireKey:
         await self.app(scope, receive, send)
 
 
-def create_app(triton: TritonReranker, api_key: str | None = None, max_body_bytes: int = 64 * 2**20) -> FastAPI:
-    """The ASGI app; `api_key` (from MMRERANK_API_KEY) guards the rerank routes when set."""
+def create_app(
+    triton: TritonReranker,
+    api_key: str | None = None,
+    max_body_bytes: int = 64 * 2**20,
+    cancels: CancelNotices | None = None,
+) -> FastAPI:
+    """The ASGI app; `api_key` (from MMRERANK_API_KEY) guards the rerank routes when set.
+
+    `cancels` is where the front names requests whose clients went away, so the models stop them.
+    """
+    notices = cancels or CancelNotices(None)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -180,6 +203,10 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
         headers = {"Retry-After": RETRY_AFTER_SECONDS} if error.status == 503 else None
         return error_response(error.status, error.message, headers)
 
+    @app.exception_handler(ClientGone)
+    async def client_gone(_request: Request, _error: ClientGone) -> JSONResponse:
+        return error_response(CLIENT_CLOSED_REQUEST, "the client closed the connection")
+
     @app.exception_handler(HTTPException)
     async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
         return error_response(error.status_code, str(error.detail))
@@ -194,7 +221,22 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
             served.append(await triton.describe())
         return served[0]
 
-    async def cohere(request: CohereV2Request, version: str, return_documents: bool) -> CohereResponse:
+    async def ranked(http: Request, query: str, texts: list[str], parameters: dict[str, Any]) -> RerankResponse:
+        """Rank through Triton; when the client goes away first, cancel the call and tell the models to stop."""
+        request_id = uuid.uuid4().hex
+        ranking = asyncio.ensure_future(triton.rank(query, texts, parameters, request_id))
+        gone = asyncio.ensure_future(disconnected(http))
+        try:
+            await asyncio.wait({ranking, gone}, return_when=asyncio.FIRST_COMPLETED)
+            if ranking.done():
+                return ranking.result()
+            notices.cancel(request_id)
+            ranking.cancel()
+            raise ClientGone
+        finally:
+            gone.cancel()
+
+    async def cohere(http: Request, request: CohereV2Request, version: str, return_documents: bool) -> CohereResponse:
         parameters = request.parameters()
         if parameters.get("normalize") is False:
             raise HTTPException(422, "the Cohere routes return relevance_score in [0, 1]; for raw logits use "
@@ -206,7 +248,7 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
             cap = (await served_model()).max_tokens_per_pair
             parameters["max_length"] = min(request.max_tokens_per_doc or COHERE_MAX_TOKENS_PER_DOC, cap)
         texts = request.texts()
-        ranking = await triton.rank(request.query, texts, parameters)
+        ranking = await ranked(http, request.query, texts, parameters)
         results = [
             CohereResult(
                 index=result.index,
@@ -223,11 +265,11 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
         return CohereResponse(id=str(uuid.uuid4()), model=model, results=results, usage=Usage(total_tokens=total),
                               meta=meta)  # fmt: skip
 
-    async def tei(request: TeiRequest) -> list[TeiResult]:
+    async def tei(http: Request, request: TeiRequest) -> list[TeiResult]:
         parameters = {**request.parameters(), "truncate": request.truncate}
         if request.raw_scores and "normalize" not in parameters:
             parameters["normalize"] = False
-        ranking = await triton.rank(request.query, request.texts, parameters)
+        ranking = await ranked(http, request.query, request.texts, parameters)
         return [
             TeiResult(index=result.index, score=result.score, text=request.texts[result.index] if request.return_text
                       else None)
@@ -238,28 +280,28 @@ def create_app(triton: TritonReranker, api_key: str | None = None, max_body_byte
     cohere_answer = {200: {"model": CohereResponse}, **ERRORS}
 
     @app.post("/v1/rerank", response_class=JSONResponse, responses=cohere_answer)
-    async def rerank_v1(request: CohereRequest) -> JSONResponse:
+    async def rerank_v1(http: Request, request: CohereRequest) -> JSONResponse:
         """Cohere v1 / Jina shape; `relevance_score` is the sigmoid score, results best first."""
-        return answer(await cohere(request, "1", request.return_documents))
+        return answer(await cohere(http, request, "1", request.return_documents))
 
     @app.post("/v2/rerank", response_class=JSONResponse, responses=cohere_answer)
-    async def rerank_v2(request: CohereV2Request) -> JSONResponse:
+    async def rerank_v2(http: Request, request: CohereV2Request) -> JSONResponse:
         """Cohere v2 shape (what `cohere.ClientV2.rerank` calls): no documents echoed back."""
-        return answer(await cohere(request, "2", False))
+        return answer(await cohere(http, request, "2", False))
 
     @app.post(
         "/rerank",
         response_class=JSONResponse,
         responses={200: {"model": list[TeiResult] | CohereResponse}, **ERRORS},
     )
-    async def rerank_by_shape(body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+    async def rerank_by_shape(http: Request, body: Annotated[dict[str, Any], Body()]) -> JSONResponse:
         """TEI's shape when the body has `texts`, Cohere v1's when it has `documents`."""
         try:
             if "texts" in body:
-                return answer(await tei(TeiRequest.model_validate(body)))
+                return answer(await tei(http, TeiRequest.model_validate(body)))
             if "documents" in body:
                 request = CohereRequest.model_validate(body)
-                return answer(await cohere(request, "1", request.return_documents))
+                return answer(await cohere(http, request, "1", request.return_documents))
         except ValidationError as error:
             status, message = validation_message(list(error.errors()))
             raise HTTPException(status, message) from error

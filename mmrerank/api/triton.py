@@ -53,7 +53,9 @@ class TritonReranker:
             self._client = AsyncRerankClient(f"grpc://{self.address}", timeout=self.timeout, api_key=self.api_key)
         return self._client
 
-    async def rank(self, query: str, documents: list[str], parameters: dict[str, Any]) -> RerankResponse:
+    async def rank(
+        self, query: str, documents: list[str], parameters: dict[str, Any], request_id: str = ""
+    ) -> RerankResponse:
         """Every document ranked against `query` with these request parameters, best first.
 
         The call's timeout, which the client sends as the request's deadline, is the caller's
@@ -66,7 +68,7 @@ class TritonReranker:
             raise UpstreamError(400, problem)
         timeout = self.timeout if deadline is None else deadline / 1000
         try:
-            return await self.client.rerank(query, documents, timeout=timeout, **options)
+            return await self.client.rerank(query, documents, timeout=timeout, request_id=request_id, **options)
         except RerankError as error:
             raise UpstreamError.of(error) from error
 

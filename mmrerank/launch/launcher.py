@@ -23,7 +23,7 @@ from pathlib import Path
 from mmrerank.launch.repository import RepositoryError, materialize
 from mmrerank.launch.supervisor import Companion, LaunchError, Supervisor
 from mmrerank.layout import CheckpointError, CheckpointLayout
-from mmrerank.serving.deadlines import SHUTDOWN_NOTICE_ENV, ShutdownNotice
+from mmrerank.serving.deadlines import CANCEL_DIRECTORY_ENV, SHUTDOWN_NOTICE_ENV, ShutdownNotice
 from mmrerank.serving.settings import CHECKPOINT_ENV
 
 LOGGER = logging.getLogger("mmrerank.serve")
@@ -154,17 +154,20 @@ def resolve_checkpoint(requested: str | None) -> CheckpointLayout:
         raise LaunchError(str(error)) from error
 
 
-def api_front(args: argparse.Namespace, host: str) -> Companion:
+def api_front(args: argparse.Namespace, host: str, env: dict[str, str] | None = None) -> Companion:
     """The rerank API front as a supervised companion, talking to this server's gRPC port.
 
-    It reads the API key from the environment it inherits, never from its command line.
+    It reads the API key from the environment it inherits, never from its command line; `env` adds
+    to that environment (the cancellation directory it shares with the reranker).
     """
     argv = [
         sys.executable, "-m", "mmrerank.api", "--triton-grpc", f"{host}:{args.grpc_port}",
         "--host", args.host, "--port", str(args.api_port), "--graceful-seconds", str(EXIT_TIMEOUT_SECONDS),
         "--timeout", str(args.api_timeout), "--max-body-bytes", str(args.api_max_body_bytes),
     ]  # fmt: skip
-    return Companion("rerank API front", argv, dict(os.environ), f"http://{host}:{args.api_port}/openapi.json")
+    return Companion(
+        "rerank API front", argv, {**os.environ, **(env or {})}, f"http://{host}:{args.api_port}/openapi.json"
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -236,6 +239,10 @@ def run(args: argparse.Namespace) -> int:
         command = server_command(args, layout.directory, backend_dir, repository)
         notice = ShutdownNotice(Path(scratch) / "shutting-down")
         command.env[SHUTDOWN_NOTICE_ENV] = str(notice.path)
+        # Where the rerank API front names requests whose clients went away; the models look there.
+        cancelled = Path(scratch) / "cancelled"
+        cancelled.mkdir()
+        command.env[CANCEL_DIRECTORY_ENV] = str(cancelled)
         LOGGER.info("serving checkpoint %s (exits: layers %s x widths %s)", layout.directory,
                     list(layout.spec.layer_indices), list(layout.spec.dim_indices))  # fmt: skip
         if os.environ.get(API_KEY_ENV):
@@ -250,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
             shutdown=(notice, EXIT_TIMEOUT_SECONDS - ANSWER_MARGIN_SECONDS),
             http_port=args.http_port,
             metrics_url=f"http://{host}:{args.metrics_port}/metrics",
-            companions=[api_front(args, host)] if args.api_port else [],
+            companions=[api_front(args, host, {CANCEL_DIRECTORY_ENV: str(cancelled)})] if args.api_port else [],
         )
         signal.signal(signal.SIGTERM, supervisor.stop)
         signal.signal(signal.SIGINT, supervisor.stop)

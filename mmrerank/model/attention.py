@@ -23,7 +23,7 @@ StopCheck = Callable[[], None]
 # Up to this length a sliding-window layer uses one dense banded mask; beyond it, blocks.
 DENSE_LOCAL_MAX_LENGTH = 256
 # Queries per block of a global layer run with a stop check.
-GLOBAL_QUERY_BLOCK = 4096
+GLOBAL_QUERY_BLOCK = 1024
 
 
 def key_padding_mask(lengths: torch.Tensor, length: int) -> torch.Tensor:

@@ -1,22 +1,31 @@
-"""When the server stops working on a request: its client's deadline, or the end of a shutdown's grace.
+"""When the server stops working on a request: its deadline, its client leaving, or the end of a shutdown's grace.
 
 A request's deadline is fixed when the tokenizer step receives it (`deadline_ms` from then, or the
 server's `default_deadline_ms`) and reaches the reranker step as an instant of the monotonic clock,
 which every process on the host shares. On SIGTERM the launcher writes into a notice file the instant
 its grace ends; past it, queued and running work is answered UNAVAILABLE instead of being cut off as
-connection resets by Triton's exit timeout. The reranker checks both before every micro-batch and
-every encoder layer, so work nobody waits for stops costing compute within one layer.
+connection resets by Triton's exit timeout. When a client of the rerank API front goes away, the
+front names the request (its Triton request id) in a cancellation directory both share (Triton
+itself tells a running Python step nothing). The reranker checks all three before every
+micro-batch and every encoder layer, so work nobody waits for stops costing compute within one layer.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
+import re
 import time
 from pathlib import Path
 
 NO_DEADLINE = math.inf
 SHUTDOWN_NOTICE_ENV = "MMRERANK_SHUTDOWN_NOTICE"
+CANCEL_DIRECTORY_ENV = "MMRERANK_CANCEL_DIR"
+# A cancellation notice is kept this long: past it, the request was answered or abandoned long ago.
+NOTICE_LIFETIME_SECONDS = 3600
+# The request ids the front gives (uuid4 hex); any other id is never looked up on disk.
+CANCELLABLE_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class WorkAbandoned(Exception):
@@ -58,3 +67,37 @@ class ShutdownNotice:
         """Launcher side: a (re)started server is not shutting down."""
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+class CancelNotices:
+    """Requests whose clients went away: one empty file per request id, written by the rerank API front."""
+
+    def __init__(self, directory: str | os.PathLike[str] | None) -> None:
+        self.directory = Path(directory) if directory else None
+
+    @classmethod
+    def from_environment(cls) -> CancelNotices:
+        """The directory named by MMRERANK_CANCEL_DIR (none: no request is ever cancelled this way)."""
+        return cls(os.environ.get(CANCEL_DIRECTORY_ENV) or None)
+
+    def _path(self, request_id: str) -> Path | None:
+        if self.directory is None or not CANCELLABLE_ID.fullmatch(request_id):
+            return None
+        return self.directory / request_id
+
+    def cancel(self, request_id: str) -> None:
+        """Front side: the client of `request_id` went away. Notices older than NOTICE_LIFETIME go."""
+        path = self._path(request_id)
+        if path is None or self.directory is None:
+            return
+        path.touch()
+        expired = time.time() - NOTICE_LIFETIME_SECONDS
+        for old in self.directory.iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                if old.stat().st_mtime < expired:
+                    old.unlink()
+
+    def cancelled(self, request_id: str) -> bool:
+        """Whether the client of `request_id` went away (one stat call)."""
+        path = self._path(request_id)
+        return path is not None and path.exists()

@@ -18,7 +18,7 @@ from mmrerank.serving.contract import (
     check_request_tokens,
     parse_options,
 )
-from mmrerank.serving.deadlines import NO_DEADLINE, ShutdownNotice, WorkAbandoned, request_deadline
+from mmrerank.serving.deadlines import NO_DEADLINE, CancelNotices, ShutdownNotice, WorkAbandoned, request_deadline
 from mmrerank.serving.planner import MicroBatch, plan_micro_batches
 
 
@@ -29,13 +29,14 @@ class ScoreRequest:
     rows: list[np.ndarray]
     options: RerankOptions
     deadline: float = NO_DEADLINE  # monotonic clock
+    request_id: str = ""  # Triton's request id: the rerank API front cancels by it
 
 
 @dataclass(frozen=True)
 class ScoredBatch:
     """Scores per request, the exit layer behind each score, and the micro-batches that ran (for metrics).
 
-    A request in `abandoned` ("deadline" or "shutdown") was stopped before all its pairs were scored;
+    A request in `abandoned` ("deadline", "cancelled" or "shutdown") was stopped before all its pairs were scored;
     its scores and exit layers are empty.
     """
 
@@ -63,7 +64,8 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 class RerankerStep:
     """Validates token tensors of each request, then scores all requests' pairs together.
 
-    Work stops for a request once its deadline or a shutdown's grace has passed: its pairs leave the
+    Work stops for a request once nobody waits for it (its deadline or a shutdown's grace has passed,
+    or its client left the rerank API front): its pairs leave the
     micro-batches still to run, and a running micro-batch stops at the next encoder layer once every
     request in it is past its cutoff.
     """
@@ -74,11 +76,13 @@ class RerankerStep:
         max_batch_tokens: int,
         shutdown: ShutdownNotice | None = None,
         caps: DirectCaps | None = None,
+        cancels: CancelNotices | None = None,
     ) -> None:
         self.reranker = reranker
         self.max_batch_tokens = max_batch_tokens
         self.shutdown = shutdown or ShutdownNotice(None)
         self.caps = caps
+        self.cancels = cancels or CancelNotices(None)
 
     def warm_up(self) -> int:
         """Score one short pair at every exit layer, so no client request pays for first-call setup.
@@ -111,7 +115,12 @@ class RerankerStep:
         return options, request_deadline(arrived, deadline_ms)
 
     def prepare(
-        self, input_ids: np.ndarray, lengths: np.ndarray, options: RerankOptions, deadline: float = NO_DEADLINE
+        self,
+        input_ids: np.ndarray,
+        lengths: np.ndarray,
+        options: RerankOptions,
+        deadline: float = NO_DEADLINE,
+        request_id: str = "",
     ) -> ScoreRequest:
         """Check one request's ragged row (ids end to end, per-pair lengths) against what protects this process.
 
@@ -140,7 +149,7 @@ class RerankerStep:
             )
         if ids.min() < 0 or ids.max() >= config.vocab_size:
             raise InvalidRequestError(f"token ids must lie between 0 and {config.vocab_size - 1}", "bad_tensor")
-        return ScoreRequest(np.split(ids, np.cumsum(lengths)[:-1]), options, float(deadline))
+        return ScoreRequest(np.split(ids, np.cumsum(lengths)[:-1]), options, float(deadline), request_id)
 
     def score(self, requests: Sequence[ScoreRequest]) -> ScoredBatch:
         """Scores per request (sigmoid where asked): plain requests share one plan, each cascade runs its own."""
@@ -155,7 +164,7 @@ class RerankerStep:
             try:
                 batches += self._score_cascade(request, logits[i], exit_layers[i])
             except WorkAbandoned:
-                abandoned[i] = self._reason()
+                abandoned[i] = self.given_up(request) or "deadline"
         empty = np.empty(0, dtype=np.float32)
         scores = [
             empty if i in abandoned else sigmoid(values) if request.options.normalize else values
@@ -172,19 +181,20 @@ class RerankerStep:
     def _plan(self, rows: Sequence[np.ndarray], layers: Sequence[int]) -> list[MicroBatch]:
         return plan_micro_batches([len(row) for row in rows], layers, self.max_batch_tokens, count_padding=self._pads)
 
-    def _reason(self) -> str:
-        """Why work is being abandoned now: the server's shutdown, or else the request's own deadline."""
-        return "shutdown" if time.monotonic() >= self.shutdown.ends_at() else "deadline"
+    def given_up(self, request: ScoreRequest) -> str | None:
+        """Why nobody waits for `request` any more ("shutdown", "cancelled", "deadline"), or None."""
+        now = time.monotonic()
+        if now >= self.shutdown.ends_at():
+            return "shutdown"
+        if self.cancels.cancelled(request.request_id):
+            return "cancelled"
+        return "deadline" if now >= request.deadline else None
 
-    def _past(self, deadline: float) -> bool:
-        """Whether `deadline` or a shutdown's grace has passed."""
-        return time.monotonic() >= min(deadline, self.shutdown.ends_at())
-
-    def _stop_at(self, deadline: float) -> StopCheck:
-        """A check where work may stop: past `deadline` or a shutdown's grace it raises WorkAbandoned."""
+    def _stop_when_all_given_up(self, requests: Sequence[ScoreRequest]) -> StopCheck:
+        """A check where work may stop: once nobody waits for any of `requests`, it raises WorkAbandoned."""
 
         def stop_check() -> None:
-            if self._past(deadline):
+            if all(self.given_up(request) for request in requests):
                 raise WorkAbandoned
 
         return stop_check
@@ -198,8 +208,8 @@ class RerankerStep:
     ) -> list[MicroBatch]:
         """Raw logits of the `plain` requests from one plan over all their pairs, written into `logits`.
 
-        Before each micro-batch the pairs of requests past their cutoff leave it; a micro-batch stops
-        between layers once all of its requests are past theirs. Returns the micro-batches that ran.
+        Before each micro-batch the pairs of requests nobody waits for leave it; a micro-batch stops
+        between layers once nobody waits for any of its requests. Returns the micro-batches that ran.
         """
         slots = [(i, j) for i in plain for j in range(len(requests[i].rows))]
         rows = [requests[i].rows[j] for i, j in slots]
@@ -207,8 +217,9 @@ class RerankerStep:
         ran: list[MicroBatch] = []
         for batch in self._plan(rows, layers):
             for i in {slots[k][0] for k in batch.indices} - abandoned.keys():
-                if self._past(requests[i].deadline):
-                    abandoned[i] = self._reason()
+                reason = self.given_up(requests[i])
+                if reason:
+                    abandoned[i] = reason
             chosen = [k for k in batch.indices if slots[k][0] not in abandoned]
             if not chosen:
                 continue
@@ -219,10 +230,10 @@ class RerankerStep:
                     [len(rows[k]) for k in chosen],
                     batch.layer,
                     [requests[slots[k][0]].options.dim for k in chosen],
-                    self._stop_at(max(requests[i].deadline for i in owners)),
+                    self._stop_when_all_given_up([requests[i] for i in owners]),
                 )
             except WorkAbandoned:
-                abandoned.update((i, self._reason()) for i in owners)
+                abandoned.update((i, self.given_up(requests[i]) or "deadline") for i in owners)
                 continue
             for k, value in zip(chosen, values, strict=True):
                 i, j = slots[k]
@@ -242,7 +253,7 @@ class RerankerStep:
         rows, options = request.rows, request.options
         prefilter = options.prefilter
         assert prefilter is not None
-        stop_check = self._stop_at(request.deadline)
+        stop_check = self._stop_when_all_given_up([request])
         kept: dict[int, torch.Tensor] = {}
         batches = self._plan(rows, [prefilter.layer] * len(rows))
         for batch in batches:

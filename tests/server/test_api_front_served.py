@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import os
 import random
+import socket
 import subprocess
+import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -166,3 +169,46 @@ def test_the_fronts_timeout_and_body_limit_are_set_through_scripts_serve(tiny_ch
         assert status == 504, body
     finally:
         server.stop()
+
+
+def send_and_leave(api_url: str, body: dict, seconds: float) -> None:
+    """POST a rerank request over a raw connection, then close it after `seconds` without reading the answer."""
+    host, port = api_url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    head = f"POST /v1/rerank HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {len(data)}"
+    with socket.create_connection((host, int(port))) as connection:
+        connection.sendall(head.encode() + b"\r\n\r\n" + data)
+        time.sleep(seconds)
+
+
+def abandoned(server, reason: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    prefix = f'mmrerank_requests_abandoned_total{{reason="{reason}"}}'
+    return sum(float(line.split()[-1]) for line in lines if line.startswith(prefix))
+
+
+@pytest.mark.slow
+def test_a_client_that_leaves_the_front_stops_costing_compute(server):
+    heavy = {"query": "river", "documents": [text(random.Random(8), 30_000)], "max_tokens_per_doc": 32768}
+    short = {"query": "river", "documents": ["the river", "a delta", "bread"]}
+    started = time.monotonic()
+    status, _ = post(f"{server.api_url}/v1/rerank", heavy)
+    heavy_alone = time.monotonic() - started
+    assert status == 200 and heavy_alone > 3.0, "the heavy request must take long enough to mean something"
+    before = abandoned(server, "cancelled")
+    leavers = [threading.Thread(target=send_and_leave, args=(server.api_url, heavy, 1.0)) for _ in range(2)]
+    for leaver in leavers:
+        leaver.start()
+    for leaver in leavers:
+        leaver.join()
+    started = time.monotonic()
+    status, _ = post(f"{server.api_url}/v1/rerank", short)
+    delay = time.monotonic() - started
+    assert status == 200
+    # Without cancellation both abandoned requests ran to the end: the short one waited most of heavy_alone.
+    assert delay < 0.5 * heavy_alone, (delay, heavy_alone)
+    deadline = time.monotonic() + 10
+    while abandoned(server, "cancelled") - before < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert abandoned(server, "cancelled") - before == 2

@@ -23,7 +23,7 @@ class FakeTriton:
         self.calls: list[tuple[str, list[str], dict]] = []
         self.error: Exception | None = None
 
-    async def rank(self, query, documents, parameters):
+    async def rank(self, query, documents, parameters, request_id=""):
         self.calls.append((query, documents, parameters))
         if self.error is not None:
             raise self.error
@@ -240,7 +240,7 @@ def test_the_fronts_timeout_is_the_requests_deadline_unless_the_caller_set_one(g
     reranker._client = recording = RecordingClient()
     asyncio.run(reranker.rank("q", ["a"], dict(given)))
     expected = {key: value for key, value in given.items() if key != "deadline_ms"}
-    assert recording.sent == {**expected, "timeout": timeout}
+    assert recording.sent == {**expected, "timeout": timeout, "request_id": ""}
 
 
 @pytest.mark.parametrize(

@@ -415,13 +415,13 @@ def test_async_score_pairs_keeps_to_its_concurrency(fake):
         async with AsyncRerankClient("grpc://h") as client:
             original = client._infer
 
-            async def counted(request, timeout):
+            async def counted(request, timeout, request_id=""):
                 nonlocal in_flight, most
                 in_flight += 1
                 most = max(most, in_flight)
                 await asyncio.sleep(0.01)
                 try:
-                    return await original(request, timeout)
+                    return await original(request, timeout, request_id)
                 finally:
                     in_flight -= 1
 

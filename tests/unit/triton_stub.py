@@ -47,8 +47,13 @@ class InferenceResponse:
 
 
 class FakeRequest:
-    def __init__(self, tensors: dict[str, np.ndarray], parameters: dict | None = None, cancelled: bool = False):
-        self.tensors, self._parameters, self._cancelled = tensors, parameters or {}, cancelled
+    def __init__(
+        self, tensors: dict[str, np.ndarray], parameters: dict | None = None, cancelled: bool = False, request_id=""
+    ):
+        self.tensors, self._parameters, self._cancelled, self._id = tensors, parameters or {}, cancelled, request_id
+
+    def request_id(self) -> str:
+        return self._id
 
     def parameters(self) -> str:
         return json.dumps(self._parameters)

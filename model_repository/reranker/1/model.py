@@ -10,7 +10,7 @@ import triton_python_backend_utils as pb_utils
 from mmrerank.layout import CheckpointLayout
 from mmrerank.model import MatryoshkaReranker
 from mmrerank.serving.contract import InvalidRequestError, RerankOptions, parse_parameters
-from mmrerank.serving.deadlines import NO_DEADLINE, ShutdownNotice
+from mmrerank.serving.deadlines import NO_DEADLINE, CancelNotices, ShutdownNotice
 from mmrerank.serving.metrics import Metrics
 from mmrerank.serving.reranker_step import DirectCaps, RerankerStep
 from mmrerank.serving.settings import SettingsError, checkpoint_location, integer_setting, model_parameters
@@ -47,6 +47,7 @@ class TritonPythonModel:
             reranker,
             max_batch_tokens=integer_setting(settings, "max_batch_tokens"),
             shutdown=ShutdownNotice.from_environment(),
+            cancels=CancelNotices.from_environment(),
             caps=DirectCaps(
                 max_documents=integer_setting(settings, "max_documents"),
                 max_request_tokens=integer_setting(settings, "max_request_tokens"),
@@ -119,7 +120,7 @@ class TritonPythonModel:
             chosen, deadline = self.step.direct_options(parameters, lengths.size, ids.size, arrived)
         else:
             chosen, deadline = RerankOptions.from_array(options.as_numpy().reshape(-1)), _deadline(request)
-        return self.step.prepare(ids, lengths, chosen, deadline)
+        return self.step.prepare(ids, lengths, chosen, deadline, request.request_id())
 
     def _record(self, prepared, scored):
         """Metrics after the answers are built (each update is best effort: it never changes an answer)."""
@@ -145,6 +146,10 @@ def _deadline(request):
 ABANDONED = {
     "deadline": lambda: _error(
         "the request passed its deadline (deadline_ms) before it was scored; the server stopped its work",
+        pb_utils.TritonError.CANCELLED,
+    ),
+    "cancelled": lambda: _error(
+        "the client went away before the request was scored; the server stopped its work",
         pb_utils.TritonError.CANCELLED,
     ),
     "shutdown": lambda: _error(

@@ -9,6 +9,7 @@ import triton_python_backend_utils as pb_utils
 
 from mmrerank.layout import CheckpointLayout
 from mmrerank.serving.contract import InvalidRequestError, parse_parameters
+from mmrerank.serving.deadlines import CancelNotices
 from mmrerank.serving.metrics import Metrics
 from mmrerank.serving.settings import checkpoint_location, integer_setting, model_parameters
 from mmrerank.serving.tokenizer_step import TokenizerStep
@@ -28,6 +29,7 @@ class TritonPythonModel:
             max_request_bytes=integer_setting(settings, "max_request_bytes"),
             default_deadline_ms=integer_setting(settings, "default_deadline_ms", minimum=0) or None,
         )
+        self.cancels = CancelNotices.from_environment()
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)
         self.instance = args.get("model_instance_name", "tokenizer")
@@ -39,6 +41,12 @@ class TritonPythonModel:
             return [self._respond(request, arrived) for request in requests]
 
     def _respond(self, request, arrived):
+        if self.cancels.cancelled(request.request_id()):  # the front's client left while this waited
+            self.metrics.add("mmrerank_requests_abandoned_total", 1, reason="cancelled")
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError("the client went away before the request was tokenized",
+                                           pb_utils.TritonError.CANCELLED)
+            )  # fmt: skip
         try:
             tokenized = self.step.run(
                 pb_utils.get_input_tensor_by_name(request, "query").as_numpy(),
