@@ -14,6 +14,7 @@ import sys
 import uvicorn
 
 from mmrerank.api.app import create_app
+from mmrerank.api.protocol import GuardedHttpToolsProtocol
 from mmrerank.api.triton import TritonReranker
 from mmrerank.serving.deadlines import CancelNotices
 
@@ -28,6 +29,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds per rerank request (then 504)")
     parser.add_argument("--max-body-bytes", type=int, default=64 * 2**20, help="larger request bodies get 413")
+    parser.add_argument(
+        "--max-connections", type=int, default=1000, help="open connections (and requests) at most; more get 503"
+    )
     parser.add_argument("--graceful-seconds", type=float, default=30.0, help="in-flight requests' time on SIGTERM")
     return parser.parse_args(argv)
 
@@ -44,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         log_level="warning",
         timeout_graceful_shutdown=int(args.graceful_seconds),
-        timeout_keep_alive=5,
+        timeout_keep_alive=5,  # an idle keep-alive connection closes after 5 s
+        http=GuardedHttpToolsProtocol,  # bounded headers (431) and read timeouts (408)
+        limit_concurrency=args.max_connections,
     )
     return 0
 

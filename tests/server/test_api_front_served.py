@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import random
@@ -11,6 +12,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cohere
@@ -212,3 +214,61 @@ def test_a_client_that_leaves_the_front_stops_costing_compute(server):
     while abandoned(server, "cancelled") - before < 2 and time.monotonic() < deadline:
         time.sleep(0.2)
     assert abandoned(server, "cancelled") - before == 2
+
+
+def raw_exchange(api_url: str, request: bytes, wait: float) -> tuple[bytes, float]:
+    """Send raw bytes, then read until the server closes the connection (or `wait` seconds pass)."""
+    host, port = api_url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=wait) as connection:
+        connection.sendall(request)
+        received = b""
+        try:
+            while chunk := connection.recv(65536):
+                received += chunk
+        except TimeoutError:
+            pass
+    return received, time.monotonic() - started
+
+
+def test_request_headers_are_bounded(server):
+    small, _ = raw_exchange(server.api_url, b"GET /health HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * 1000 + b"\r\n"
+                            b"Connection: close\r\n\r\n", 10)  # fmt: skip
+    assert small.startswith(b"HTTP/1.1 200")
+    big, took = raw_exchange(
+        server.api_url, b"GET /health HTTP/1.1\r\nHost: a\r\nX-Pad: " + b"p" * 100_000 + b"\r\n\r\n", 10
+    )
+    assert big.startswith(b"HTTP/1.1 431") and b"65536-byte limit" in big and took < 5
+
+
+@pytest.mark.slow
+def test_half_sent_requests_are_closed_within_seconds_and_stall_nobody(server):
+    half_headers = b"GET /health HTTP/1.1\r\nHost: a\r\nX-Slow: "
+    short_body = (
+        b"POST /v1/rerank HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{}"
+    )
+    with ThreadPoolExecutor(8) as pool:
+        stalls = [pool.submit(raw_exchange, server.api_url, request, 30) for request in [half_headers, short_body] * 3]
+        time.sleep(1)
+        started = time.monotonic()
+        with urllib.request.urlopen(f"{server.api_url}/health", timeout=10) as response:
+            assert response.status == 200
+        assert time.monotonic() - started < 1.0
+        for stall in stalls:
+            received, took = stall.result()
+            assert received.startswith(b"HTTP/1.1 408") and 9 < took < 15, (received[:80], took)
+
+
+def test_a_chunked_body_over_the_limit_gets_413(server):
+    host, port = server.api_url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=60)
+    try:
+        chunks = (b"x" * 2**20 for _ in range(70))  # 70 MiB, over the 64 MiB limit, with no Content-Length
+        connection.request("POST", "/v1/rerank", body=chunks, headers={"Content-Type": "application/json"},
+                           encode_chunked=True)  # fmt: skip
+        response = connection.getresponse()
+        assert response.status == 413 and b"byte limit" in response.read()
+    except (BrokenPipeError, ConnectionResetError):
+        pytest.fail("the front closed the connection instead of answering 413")
+    finally:
+        connection.close()
