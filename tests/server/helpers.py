@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from mmrerank.dev.background import REPO_ROOT
 from mmrerank.serving.reranker_step import sigmoid
 
 MODEL = "rerank"
@@ -44,3 +49,11 @@ def library_scores(reranker, pair_tokenizer, query, documents, layer=None, dim=N
 def assert_close(served: np.ndarray, expected: np.ndarray) -> None:
     assert served.shape == expected.shape
     np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-5)
+
+
+def edited_repository(target: Path, config: str, edit: Callable[[str], str]) -> Path:
+    """A copy of the model repository at `target` whose `config` (a path inside it) went through `edit`."""
+    shutil.copytree(REPO_ROOT / "model_repository", target)
+    path = target / config
+    path.write_text(edit(path.read_text()))
+    return target

@@ -4,17 +4,16 @@ and long requests whose clients gave up stop costing compute."""
 from __future__ import annotations
 
 import re
-import shutil
 import threading
 import time
 import urllib.request
 
 import pytest
 import tritonclient.grpc as grpcclient
-from helpers import infer, rerank_inputs
+from helpers import edited_repository, infer, rerank_inputs
 from tritonclient.utils import InferenceServerException
 
-from mmrerank.dev.background import REPO_ROOT, start_server
+from mmrerank.dev.background import start_server
 from mmrerank_client import RerankClient, RerankTimeoutError
 
 LONG = ["water " * 17_000] * 2  # two pairs of about 16K tokens
@@ -107,10 +106,8 @@ def give_up_on_a_raw_request(url: str) -> None:
 @pytest.mark.slow
 def test_the_default_deadline_stops_work_that_raw_clients_left_behind(tiny_checkpoint, tmp_path):
     """Triton cancels an abandoned request only between ensemble steps; the default deadline stops the rest."""
-    repository = tmp_path / "model_repository"
-    shutil.copytree(REPO_ROOT / "model_repository", repository)
-    config = repository / "tokenizer" / "configs" / "cpu.pbtxt"
-    config.write_text(re.sub(r'("default_deadline_ms" value: \{ string_value: ")\d+', r"\g<1>1000", config.read_text()))
+    one_second = lambda text: re.sub(r'("default_deadline_ms" value: \{ string_value: ")\d+', r"\g<1>1000", text)  # noqa: E731
+    repository = edited_repository(tmp_path / "model_repository", "tokenizer/configs/cpu.pbtxt", one_second)
     server = start_server(tiny_checkpoint, tmp_path / "server.log", "--model-repository", str(repository))
     try:
         with RerankClient(f"grpc://{server.grpc_url}", timeout=600) as client:

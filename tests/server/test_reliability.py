@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import random
-import shutil
 import signal
 import time
 import urllib.error
@@ -17,14 +16,13 @@ import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as grpcclient
-from helpers import assert_close, library_scores, rerank_inputs
+from helpers import assert_close, edited_repository, library_scores, rerank_inputs
 from tritonclient.utils import InferenceServerException
 
 from mmrerank.dev.background import start_server
 from mmrerank.dev.corpus import text
 from mmrerank_client import AuthenticationError, RerankClient, RerankError, ServerUnavailableError
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def ready(server) -> bool:
@@ -186,10 +184,10 @@ def test_a_killed_backend_stub_is_detected_and_recovered(tiny_checkpoint, tmp_pa
 
 @pytest.mark.slow
 def test_overload_is_rejected_fast_not_hung(tiny_checkpoint, tmp_path):
-    repository = tmp_path / "model_repository"
-    shutil.copytree(REPO_ROOT / "model_repository", repository)
-    config = repository / "reranker" / "configs" / "cpu.pbtxt"
-    config.write_text(config.read_text().replace("max_queue_size: 256", "max_queue_size: 1"))
+    repository = edited_repository(
+        tmp_path / "model_repository", "reranker/configs/cpu.pbtxt",
+        lambda text: text.replace("max_queue_size: 256", "max_queue_size: 1"),
+    )  # fmt: skip
     server = start_server(tiny_checkpoint, tmp_path / "server.log", "--model-repository", str(repository))
     rng = random.Random(9)
     jobs = [[text(rng, 2500) for _ in range(4)] for _ in range(24)]
