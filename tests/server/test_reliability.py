@@ -24,7 +24,6 @@ from mmrerank.dev.corpus import text
 from mmrerank_client import AuthenticationError, RerankClient, RerankError, ServerUnavailableError
 
 
-
 def ready(server) -> bool:
     try:
         with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=1) as response:
