@@ -64,10 +64,10 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
 class RerankerStep:
     """Validates token tensors of each request, then scores all requests' pairs together.
 
-    Work stops for a request once nobody waits for it (its deadline or a shutdown's grace has passed,
-    or its client left the rerank API front): its pairs leave the
-    micro-batches still to run, and a running micro-batch stops at the next encoder layer once every
-    request in it is past its cutoff.
+    Work stops for a request once nobody waits for it (its deadline or a shutdown's grace has
+    passed, or its client left the rerank API front): its pairs leave the micro-batches still to
+    run, and a running micro-batch stops at the next encoder layer once nobody waits for any of its
+    requests.
     """
 
     def __init__(
