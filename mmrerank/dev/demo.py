@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,8 +73,11 @@ PRESETS: dict[str, Preset] = {
 }
 
 
-def train_tokenizer(vocab_size: int) -> Tokenizer:
-    """A byte-level BPE tokenizer (any UTF-8 text encodes) with mmBERT's special ids and pair template."""
+def train_tokenizer(vocab_size: int, lines: Iterable[str] | None = None) -> Tokenizer:
+    """A byte-level BPE tokenizer (any UTF-8 text encodes) with mmBERT's special ids and pair template.
+
+    It learns its merges from `lines` (default: the multilingual word corpus).
+    """
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -83,7 +87,7 @@ def train_tokenizer(vocab_size: int) -> Tokenizer:
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tokenizer.train_from_iterator(training_corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(training_corpus() if lines is None else lines, trainer=trainer)
     ids = {token: tokenizer.token_to_id(token) for token in SPECIAL_TOKENS}
     if list(ids.values()) != list(range(len(SPECIAL_TOKENS))):
         raise RuntimeError(f"special tokens got ids {ids}")
@@ -176,14 +180,17 @@ def write_tokenizer_files(tokenizer: Tokenizer, out_dir: Path, max_length: int) 
     )
 
 
-def build_demo_checkpoint(out_dir: str | Path, preset: str = "tiny", seed: int = 0) -> Path:
-    """Write a demo checkpoint of the given preset to `out_dir` and return its path."""
+def build_demo_checkpoint(
+    out_dir: str | Path, preset: str = "tiny", seed: int = 0, tokenizer_lines: Iterable[str] | None = None
+) -> Path:
+    """Write a random-weight checkpoint of the given preset to `out_dir` and return its path."""
     chosen = PRESETS[preset]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     generator = torch.Generator().manual_seed(seed)
     LOGGER.info("training a %d-token tokenizer", chosen.tokenizer_vocab)
-    write_tokenizer_files(train_tokenizer(chosen.tokenizer_vocab), out, chosen.encoder.max_position_embeddings)
+    tokenizer = train_tokenizer(chosen.tokenizer_vocab, tokenizer_lines)
+    write_tokenizer_files(tokenizer, out, chosen.encoder.max_position_embeddings)
     LOGGER.info("writing %s encoder weights", preset)
     save_file(random_encoder_state(chosen.encoder, generator), str(out / "model.safetensors"))
     torch.save(random_head_state(chosen.spec, generator), out / "classification_heads.pt")

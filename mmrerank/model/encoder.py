@@ -155,6 +155,14 @@ class Encoder(nn.Module):
             raise ValueError(f"cannot continue from layer {from_layer} to layer {exit_layer}")
         return self.exit_of(self._run(hidden, rows, from_layer, exit_layer, True, stop_check), exit_layer)
 
+    def exit_states(self, input_ids: torch.Tensor, rows: PackedRows, layers: list[int]) -> dict[int, torch.Tensor]:
+        """The heads' input at every exit in `layers` from one pass to the deepest (training needs them all)."""
+        hidden, done, states = self.embeddings(input_ids), 0, {}
+        for layer in sorted(layers):
+            hidden = self._run(hidden, rows, done, layer, False, None)
+            states[layer], done = self.exit_of(hidden[rows.starts], layer), layer
+        return states
+
     def exit_of(self, cls: torch.Tensor, layer: int) -> torch.Tensor:
         """The heads' input from raw CLS vectors of hidden state `layer`.
 
