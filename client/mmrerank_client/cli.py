@@ -1,5 +1,7 @@
 """`rerank "query" doc1 doc2 ... [--file docs.txt]`: rank documents against a served reranker by hand.
 
+`rerank evaluate DATASET_DIR ...` measures every exit and cascade on a data set (see `evaluate`).
+
 The API key, when the server requires one, comes from $MMRERANK_API_KEY (never the command line).
 """
 
@@ -79,7 +81,12 @@ def describe(served: ServedModel, as_json: bool) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rerank` console script."""
-    args = parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["evaluate"]:
+        from mmrerank_client import evaluate
+
+        return evaluate.main(arguments[1:])
+    args = parse_args(arguments)
     documents = read_documents(args)
     if not args.describe and (args.query is None or not documents):
         print("rerank: give a query and documents (as arguments or with --file), or --describe", file=sys.stderr)
