@@ -2,7 +2,7 @@
 
 Uses the `tritonserver` on PATH when there is one (the NVIDIA and ROCm containers); otherwise the
 server binary that the `nvidia-pytriton` wheel ships, wired to the Python backend stub matching
-this interpreter. With no checkpoint it builds and serves the tiny demo checkpoint.
+this interpreter. With no checkpoint it serves the trained demo checkpoint in `demo/checkpoint/`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from mmrerank.serving.settings import CHECKPOINT_ENV
 LOGGER = logging.getLogger("mmrerank.serve")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
-DEFAULT_DEMO_CHECKPOINT = REPO_ROOT / "checkpoints" / "demo-tiny"
+DEFAULT_DEMO_CHECKPOINT = REPO_ROOT / "demo" / "checkpoint"
 EXIT_TIMEOUT_SECONDS = 30
 # On SIGTERM, work still running this long before the exit timeout is stopped and answered UNAVAILABLE,
 # so every client hears back before tritonserver would cut its connection.
@@ -140,14 +140,9 @@ def server_command(
 def resolve_checkpoint(requested: str | None) -> CheckpointLayout:
     """The checkpoint to serve, checked and resolved once (a hub id becomes its local snapshot).
 
-    Without one, the tiny demo checkpoint, built on first use. The Triton models then receive a
-    local directory through MMRERANK_CHECKPOINT.
+    Without one, the trained demo checkpoint that ships in `demo/checkpoint/`. The Triton models
+    then receive a local directory through MMRERANK_CHECKPOINT.
     """
-    if not requested and not (DEFAULT_DEMO_CHECKPOINT / "model.safetensors").is_file():
-        from mmrerank.dev.demo import build_demo_checkpoint
-
-        LOGGER.info("building the tiny demo checkpoint (random weights: its scores carry no meaning)")
-        build_demo_checkpoint(DEFAULT_DEMO_CHECKPOINT, "tiny")
     try:
         return CheckpointLayout.open(requested or DEFAULT_DEMO_CHECKPOINT)
     except CheckpointError as error:
@@ -173,7 +168,9 @@ def api_front(args: argparse.Namespace, host: str, env: dict[str, str] | None = 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line options; anything after `--` goes to tritonserver unchanged."""
     parser = argparse.ArgumentParser(prog="serve", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", help="checkpoint directory or hub id (default: the tiny demo checkpoint)")
+    parser.add_argument(
+        "--checkpoint", help="checkpoint directory or hub id (default: the trained demo in demo/checkpoint/)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; 0.0.0.0 for all)")
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
