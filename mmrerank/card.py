@@ -24,6 +24,7 @@ import torch
 from mmrerank.layout import CheckpointLayout
 from mmrerank.model.reranker import MatryoshkaReranker
 from mmrerank.serving.pair_tokenizer import PairTokenizer
+from mmrerank.serving.reranker_step import sigmoid
 
 
 class Matryoshka2DReranker:
@@ -94,7 +95,7 @@ class Matryoshka2DReranker:
             ids = np.concatenate([rows[index] for index in chosen])
             lengths = [len(rows[index]) for index in chosen]
             logits[chosen] = self.reranker.logits(ids, lengths, layer, [dim] * len(chosen))
-        scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64))) if normalize else logits
+        scores = sigmoid(logits) if normalize else logits
         return [float(score) for score in scores]
 
     def rerank(

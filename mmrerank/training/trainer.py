@@ -125,7 +125,7 @@ class Trainer:
             states = self.encoder.exit_states(ids, rows_info, list(self.spec.layer_indices))
         total = torch.zeros((), device=self.device)
         for (layer, dim), weight in self.weights.items():
-            logits = self.heads.logits(states[layer].float(), layer, dim)
+            logits = self.heads.logits(states[layer], layer, dim)
             total = total + weight * F.binary_cross_entropy_with_logits(logits, labels, reduction="sum")
         return total
 
