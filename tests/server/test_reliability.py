@@ -141,10 +141,11 @@ def test_large_requests_leave_bounded_memory_behind(tiny_checkpoint, tmp_path):
     finally:
         server.stop()
     (_, shared_1), (_, shared_2) = rounds
-    # Triton's default gRPC object pool held 1.1 GB of private memory here; without it 0.2-0.3 GB,
-    # which ten more requests move by at most about 100 MB either way (glibc's arenas), not by 200 MB each.
+    # Triton's default gRPC object pool held 1.1 GB of private memory here; without it 0.2-0.4 GB after
+    # ten requests and up to 0.49 GB after twenty (ten runs): allocator arenas, not 200 MB per request,
+    # which would hold 2 GB after ten.
     for private, _ in rounds:
-        assert private - start[0] < 400, (start, rounds)
+        assert private - start[0] < 800, (start, rounds)
     # The Python backend's shared-memory pools grow to the largest request each tokenizer instance saw,
     # then are reused: the second ten requests add nothing there.
     assert shared_1 - start[1] < 2 * 250, (start, rounds)
