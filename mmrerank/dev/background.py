@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,3 +102,11 @@ def start_server(
         server.stop()
         raise LaunchError(f"{error}:\n{server.log_tail()}") from error
     return server
+
+
+def edited_repository(target: Path, config: str, edit: Callable[[str], str]) -> Path:
+    """A copy of the model repository at `target` whose `config` (a path inside it) went through `edit`."""
+    shutil.copytree(REPO_ROOT / "model_repository", target)
+    path = target / config
+    path.write_text(edit(path.read_text()))
+    return target

@@ -126,3 +126,8 @@ def training_corpus(seed: int = 0, num_lines: int = 4000) -> list[str]:
     """Lines in every language for training the demo tokenizer."""
     rng = random.Random(seed)
     return [text(rng, rng.randint(5, 40), LANGUAGES[i % len(LANGUAGES)]) for i in range(num_lines)]
+
+
+def rag_documents(rng: random.Random, count: int) -> list[str]:
+    """`count` retrieved passages as a RAG pipeline sends them: 20 to 400 words each, mixed languages."""
+    return [text(rng, rng.choice([20, 60, 150, 400]), rng.choice(LANGUAGES)) for _ in range(count)]

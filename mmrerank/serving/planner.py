@@ -1,6 +1,7 @@
-"""Cross-request batching plan: group pairs by exit layer, sort by length, cut under a token budget.
+"""Cross-request batching plans: group pairs by exit layer, sort by length, cut under a token budget.
 
-Pure and Triton-free: the Triton model hands it every pair of every request in one `execute`.
+Pure and Triton-free. `plan_micro_batches` cuts a known set of pairs (one request, a cascade's
+stage); `share_micro_batch` picks the next micro-batch from the requests in flight.
 """
 
 from __future__ import annotations
@@ -54,3 +55,36 @@ def plan_micro_batches(
             batches.append(MicroBatch(int(layer), tuple(int(i) for i in chosen), int(sizes[0]), int(sizes[:fit].sum())))
             start += len(chosen)
     return batches
+
+
+def share_micro_batch(
+    queues: Sequence[Sequence[int]], max_batch_tokens: int, count_padding: bool = True
+) -> list[list[int]]:
+    """The next micro-batch, drawn from requests in the order they are to be served.
+
+    Each queue holds the lengths of one request's pairs still to score, longest first. The first
+    request gives its longest pairs, cut under the budget as `plan_micro_batches` cuts; the others
+    add pairs no longer than the batch's longest while the budget holds, so sharing a batch never
+    lengthens it for the request served first. Returns, per queue, the positions taken from it.
+    """
+    if max_batch_tokens < 1:
+        raise ValueError("max_batch_tokens must be positive")
+    if not queues or not queues[0]:
+        raise ValueError("the first request must have a pair to score")
+    first = np.asarray(queues[0], dtype=np.int64)
+    cost = np.arange(1, len(first) + 1) * first[0] if count_padding else np.cumsum(first)
+    fit = max(1, int(np.searchsorted(cost, max_batch_tokens, side="right")))
+    longest, rows, tokens = int(first[0]), fit, int(first[:fit].sum())
+    taken = [list(range(fit))]
+    for queue in queues[1:]:
+        chosen = []
+        for position, length in enumerate(queue):
+            if length > longest:
+                continue
+            cost = (rows + 1) * longest if count_padding else tokens + length
+            if cost > max_batch_tokens:
+                break
+            chosen.append(position)
+            rows, tokens = rows + 1, tokens + length
+        taken.append(chosen)
+    return taken

@@ -1,9 +1,17 @@
-"""The reranker model's step without Triton: check each request's token rows, score all requests in one plan."""
+"""The reranker model's step without Triton: check each request's token rows, then score the requests in flight.
+
+Requests join a pool as they arrive and leave it once answered. The pool runs one micro-batch at a
+time for the request that has been served the fewest tokens so far (among requests not started
+yet, the smallest), filled up with pairs of other requests at the same exit. So a request that
+arrives while others run starts within one micro-batch, however many long requests are in flight,
+and long requests still share the time between them.
+"""
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +27,7 @@ from mmrerank.serving.contract import (
     parse_options,
 )
 from mmrerank.serving.deadlines import NO_DEADLINE, CancelNotices, ShutdownNotice, WorkAbandoned, request_deadline
-from mmrerank.serving.planner import MicroBatch, plan_micro_batches
+from mmrerank.serving.planner import MicroBatch, plan_micro_batches, share_micro_batch
 
 
 @dataclass(frozen=True)
@@ -33,18 +41,45 @@ class ScoreRequest:
 
 
 @dataclass(frozen=True)
-class ScoredBatch:
-    """Scores per request, the exit layer behind each score, and the micro-batches that ran (for metrics).
+class Outcome:
+    """What became of one request: a score and exit layer per pair, or why its work stopped.
 
-    A request in `abandoned` ("deadline", "cancelled" or "shutdown") was stopped before all its pairs were scored;
-    its scores and exit layers are empty.
+    `abandoned` is "deadline", "cancelled", "shutdown" or "error" when the request was stopped
+    before all its pairs were scored; its scores and exit layers are then empty. `waited` is the
+    time from reaching the instance to its first micro-batch (to its end, when none ran).
     """
 
-    scores: list[np.ndarray]
-    exit_layers: list[np.ndarray]  # int32 per pair: the request's layer, or its prefilter layer in a cascade
-    abandoned: dict[int, str]
+    scores: np.ndarray
+    exit_layers: np.ndarray  # int32 per pair: the request's layer, or its prefilter layer in a cascade
+    abandoned: str | None
+    waited: float
+
+
+@dataclass(frozen=True)
+class ScoredBatch:
+    """What `RerankerStep.score` gives: an outcome per request and the micro-batches that ran.
+
+    In a micro-batch the step ran, `indices` are each pair's index within its own request.
+    """
+
+    outcomes: list[Outcome]
     batches: list[MicroBatch]
     tokens_processed: int  # what the encoder ran: padded tokens for a padding kernel, else real ones
+
+    @property
+    def scores(self) -> list[np.ndarray]:
+        """Scores per request, in request order (empty for an abandoned request)."""
+        return [outcome.scores for outcome in self.outcomes]
+
+    @property
+    def exit_layers(self) -> list[np.ndarray]:
+        """The exit layer behind each score, per request."""
+        return [outcome.exit_layers for outcome in self.outcomes]
+
+    @property
+    def abandoned(self) -> dict[int, str]:
+        """Why each stopped request was stopped, by its position."""
+        return {i: outcome.abandoned for i, outcome in enumerate(self.outcomes) if outcome.abandoned}
 
 
 @dataclass(frozen=True)
@@ -61,13 +96,38 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return (0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))).astype(np.float32)
 
 
+Done = Callable[[Outcome], None]
+
+
+@dataclass(eq=False)
+class _InFlight:
+    """One request in the pool: its logits so far, what is left of it, and what it has been served."""
+
+    request: ScoreRequest
+    order: int  # admission order, the last tie-break
+    tokens: int  # all its pairs' tokens
+    done: Done
+    arrived: float
+    logits: np.ndarray
+    exit_layers: np.ndarray
+    pending: list[int]  # a plain request's pairs still to score, longest first
+    cascade: Iterator[tuple[MicroBatch, bool]] | None = None  # a cascade's micro-batches, each with "was it the last"
+    served_tokens: int = 0
+    started: float | None = None
+
+    @property
+    def priority(self) -> tuple[int, int, int]:
+        """Least served first; among equals (requests not started yet) the smallest, then the earliest."""
+        return self.served_tokens, self.tokens, self.order
+
+
 class RerankerStep:
-    """Validates token tensors of each request, then scores all requests' pairs together.
+    """Validates token tensors of each request, then scores the requests in its pool a micro-batch at a time.
 
     Work stops for a request once nobody waits for it (its deadline or a shutdown's grace has
-    passed, or its client left the rerank API front): its pairs leave the micro-batches still to
-    run, and a running micro-batch stops at the next encoder layer once nobody waits for any of its
-    requests.
+    passed, or its client left the rerank API front): it leaves the pool before the next
+    micro-batch, and a running micro-batch stops at the next encoder layer once nobody waits for
+    any of its requests. The pool is not thread-safe: one thread admits and runs.
     """
 
     def __init__(
@@ -83,6 +143,8 @@ class RerankerStep:
         self.shutdown = shutdown or ShutdownNotice(None)
         self.caps = caps
         self.cancels = cancels or CancelNotices(None)
+        self._pool: list[_InFlight] = []
+        self._admissions = itertools.count()
 
     def warm_up(self) -> int:
         """Score one short pair at every exit layer, so no client request pays for first-call setup.
@@ -151,28 +213,67 @@ class RerankerStep:
             raise InvalidRequestError(f"token ids must lie between 0 and {config.vocab_size - 1}", "bad_tensor")
         return ScoreRequest(np.split(ids, np.cumsum(lengths)[:-1]), options, float(deadline), request_id)
 
+    @property
+    def in_flight(self) -> int:
+        """Requests in the pool: admitted and not yet answered."""
+        return len(self._pool)
+
+    def admit(self, request: ScoreRequest, done: Done, arrived: float | None = None) -> None:
+        """Add a request to the pool; `done` receives its outcome from the `run_next` call that ends it.
+
+        `arrived` (monotonic, default now) is when the request reached this instance: its wait counts from there.
+        """
+        count = len(request.rows)
+        job = _InFlight(
+            request,
+            next(self._admissions),
+            sum(len(row) for row in request.rows),
+            done,
+            arrived=time.monotonic() if arrived is None else arrived,
+            logits=np.empty(count, dtype=np.float32),
+            exit_layers=np.full(count, request.options.layer, dtype=np.int32),
+            pending=sorted(range(count), key=lambda j: -len(request.rows[j])),
+        )
+        if request.options.prefilter is not None:
+            job.cascade = self._cascade(job)
+        self._pool.append(job)
+
+    def run_next(self) -> MicroBatch | None:
+        """Run one micro-batch of the pool's least-served request, shared with others at its exit.
+
+        First, requests nobody waits for any more end, answered as abandoned. Returns the
+        micro-batch that ran, or None when none did (the pool is empty, or the one picked was
+        abandoned on the way). An unexpected failure ends the requests of the failing micro-batch
+        with "error", then propagates.
+        """
+        for job in list(self._pool):
+            reason = self.given_up(job.request)
+            if reason:
+                self._finish(job, reason)
+        if not self._pool:
+            return None
+        first = min(self._pool, key=lambda job: job.priority)
+        if first.cascade is not None:
+            return self._advance_cascade(first)
+        return self._run_shared(first)
+
+    def abandon_all(self, reason: str) -> None:
+        """End every request in the pool as abandoned for `reason` (the model is being unloaded)."""
+        for job in list(self._pool):
+            self._finish(job, reason)
+
     def score(self, requests: Sequence[ScoreRequest]) -> ScoredBatch:
-        """Scores per request (sigmoid where asked): plain requests share one plan, each cascade runs its own."""
-        logits = [np.empty(len(request.rows), dtype=np.float32) for request in requests]
-        exit_layers = [np.full(len(request.rows), request.options.layer, dtype=np.int32) for request in requests]
-        abandoned: dict[int, str] = {}
-        plain = [i for i, request in enumerate(requests) if request.options.prefilter is None]
-        batches = self._score_plain(requests, plain, logits, abandoned)
+        """Score `requests` to the end in this thread, through the pool as the server does."""
+        outcomes: dict[int, Outcome] = {}
         for i, request in enumerate(requests):
-            if request.options.prefilter is None:
-                continue
-            try:
-                batches += self._score_cascade(request, logits[i], exit_layers[i])
-            except WorkAbandoned:
-                abandoned[i] = self.given_up(request) or "deadline"
-        empty = np.empty(0, dtype=np.float32)
-        scores = [
-            empty if i in abandoned else sigmoid(values) if request.options.normalize else values
-            for i, (request, values) in enumerate(zip(requests, logits, strict=True))
-        ]
-        exit_layers = [empty.astype(np.int32) if i in abandoned else exits for i, exits in enumerate(exit_layers)]
+            self.admit(request, lambda outcome, i=i: outcomes.__setitem__(i, outcome))
+        batches = []
+        while self._pool:
+            ran = self.run_next()
+            if ran is not None:
+                batches.append(ran)
         processed = sum(batch.padded_tokens if self._pads else batch.real_tokens for batch in batches)
-        return ScoredBatch(scores, exit_layers, abandoned, batches, processed)
+        return ScoredBatch([outcomes[i] for i in range(len(requests))], batches, processed)
 
     @property
     def _pads(self) -> bool:
@@ -199,64 +300,106 @@ class RerankerStep:
 
         return stop_check
 
-    def _score_plain(
-        self,
-        requests: Sequence[ScoreRequest],
-        plain: Sequence[int],
-        logits: list[np.ndarray],
-        abandoned: dict[int, str],
-    ) -> list[MicroBatch]:
-        """Raw logits of the `plain` requests from one plan over all their pairs, written into `logits`.
+    def _finish(self, job: _InFlight, abandoned: str | None = None) -> None:
+        """Take `job` out of the pool and hand its outcome to its `done`."""
+        self._pool.remove(job)
+        waited = (job.started if job.started is not None else time.monotonic()) - job.arrived
+        if abandoned:
+            empty = np.empty(0, dtype=np.float32)
+            job.done(Outcome(empty, empty.astype(np.int32), abandoned, waited))
+            return
+        scores = sigmoid(job.logits) if job.request.options.normalize else job.logits
+        job.done(Outcome(scores, job.exit_layers, None, waited))
 
-        Before each micro-batch the pairs of requests nobody waits for leave it; a micro-batch stops
-        between layers once nobody waits for any of its requests. Returns the micro-batches that ran.
-        """
-        slots = [(i, j) for i in plain for j in range(len(requests[i].rows))]
-        rows = [requests[i].rows[j] for i, j in slots]
-        layers = [requests[i].options.layer for i, _ in slots]
-        ran: list[MicroBatch] = []
-        for batch in self._plan(rows, layers):
-            for i in {slots[k][0] for k in batch.indices} - abandoned.keys():
-                reason = self.given_up(requests[i])
-                if reason:
-                    abandoned[i] = reason
-            chosen = [k for k in batch.indices if slots[k][0] not in abandoned]
-            if not chosen:
-                continue
-            owners = {slots[k][0] for k in chosen}
-            try:
-                values = self.reranker.logits(
-                    np.concatenate([rows[k] for k in chosen]),
-                    [len(rows[k]) for k in chosen],
-                    batch.layer,
-                    [requests[slots[k][0]].options.dim for k in chosen],
-                    self._stop_when_all_given_up([requests[i] for i in owners]),
-                )
-            except WorkAbandoned:
-                abandoned.update((i, self.given_up(requests[i]) or "deadline") for i in owners)
-                continue
-            for k, value in zip(chosen, values, strict=True):
-                i, j = slots[k]
-                logits[i][j] = value
-            lengths = [len(rows[k]) for k in chosen]
-            ran.append(MicroBatch(batch.layer, tuple(chosen), max(lengths), sum(lengths)))
+    def _start(self, jobs: Sequence[_InFlight]) -> None:
+        now = None
+        for job in jobs:
+            if job.started is None:
+                job.started = now = now or time.monotonic()
+
+    def _run_shared(self, first: _InFlight) -> MicroBatch | None:
+        """One micro-batch led by `first`'s longest pending pairs, filled with other plain requests' at its layer."""
+        layer = first.request.options.layer
+        others = sorted(
+            (
+                job
+                for job in self._pool
+                if job is not first and job.cascade is None and job.request.options.layer == layer
+            ),
+            key=lambda job: job.priority,
+        )
+        sharing = [first, *others]
+        taken = share_micro_batch(
+            [[len(job.request.rows[j]) for j in job.pending] for job in sharing], self.max_batch_tokens, self._pads
+        )
+        members = [
+            (job, [job.pending[k] for k in positions])
+            for job, positions in zip(sharing, taken, strict=True)
+            if positions
+        ]
+        pairs = [(job, j) for job, chosen in members for j in chosen]
+        owners = [job for job, _ in members]
+        self._start(owners)
+        rows = [job.request.rows[j] for job, j in pairs]
+        try:
+            values = self.reranker.logits(
+                np.concatenate(rows),
+                [len(row) for row in rows],
+                layer,
+                [job.request.options.dim for job, _ in pairs],
+                self._stop_when_all_given_up([job.request for job in owners]),
+            )
+        except WorkAbandoned:
+            for job in owners:
+                self._finish(job, self.given_up(job.request) or "deadline")
+            return None
+        except Exception:
+            for job in owners:
+                self._finish(job, "error")
+            raise
+        for (job, j), value in zip(pairs, values, strict=True):
+            job.logits[j] = value
+        for job, chosen in members:
+            done = set(chosen)
+            job.pending = [j for j in job.pending if j not in done]
+            job.served_tokens += sum(len(job.request.rows[j]) for j in chosen)
+            if not job.pending:
+                self._finish(job)
+        lengths = [len(row) for row in rows]
+        return MicroBatch(layer, tuple(j for _, j in pairs), max(lengths), sum(lengths))
+
+    def _advance_cascade(self, job: _InFlight) -> MicroBatch | None:
+        """Run the cascade request `job`'s next micro-batch; end it after its last or once abandoned."""
+        assert job.cascade is not None
+        self._start([job])
+        try:
+            ran, last = next(job.cascade)
+        except WorkAbandoned:
+            self._finish(job, self.given_up(job.request) or "deadline")
+            return None
+        except Exception:
+            self._finish(job, "error")
+            raise
+        job.served_tokens += ran.real_tokens
+        if last:
+            self._finish(job)
         return ran
 
-    def _score_cascade(self, request: ScoreRequest, logits: np.ndarray, exit_layers: np.ndarray) -> list[MicroBatch]:
-        """Every row at the prefilter exit; the best `top_k` resumed from that layer's hidden states to the request's.
+    def _cascade(self, job: _InFlight) -> Iterator[tuple[MicroBatch, bool]]:
+        """A cascade's micro-batches, one per step, each with whether it was the last.
 
-        Writes the logits and each row's exit layer in place; returns the micro-batches that ran.
-        Only the running best `top_k` rows' hidden states are kept between micro-batches, so memory
-        stays bounded by `top_k` rows plus one micro-batch. Ties keep the earlier document. Raises
+        Every row runs at the prefilter exit, then the best `top_k` resume from that layer's hidden
+        states to the request's exit. Writes `job`'s logits and each row's exit layer in place. Only
+        the running best `top_k` rows' hidden states are kept between micro-batches, so memory stays
+        bounded by `top_k` rows plus one micro-batch. Ties keep the earlier document. Raises
         WorkAbandoned once the request is past its cutoff.
         """
-        rows, options = request.rows, request.options
+        rows, options, logits = job.request.rows, job.request.options, job.logits
         prefilter = options.prefilter
         assert prefilter is not None
-        stop_check = self._stop_when_all_given_up([request])
+        stop_check = self._stop_when_all_given_up([job.request])
         kept: dict[int, torch.Tensor] = {}
-        batches = self._plan(rows, [prefilter.layer] * len(rows))
-        for batch in batches:
+        for batch in self._plan(rows, [prefilter.layer] * len(rows)):
             chosen = list(batch.indices)
             logits[chosen], hidden = self.reranker.prefilter(
                 np.concatenate([rows[i] for i in chosen]),
@@ -270,13 +413,14 @@ class RerankerStep:
             # Clone this batch's survivors so the batch's hidden-state tensor can be freed.
             in_batch = set(chosen)
             kept = {i: kept[i].clone() if i in in_batch else kept[i] for i in best}
+            yield batch, False
         finalists = sorted(kept)
+        job.exit_layers[:] = prefilter.layer
+        job.exit_layers[finalists] = options.layer
         deep = self._plan([rows[i] for i in finalists], [options.layer] * len(finalists))
-        for batch in deep:
+        for number, batch in enumerate(deep, start=1):
             chosen = [finalists[j] for j in batch.indices]
             logits[chosen] = self.reranker.continue_logits(
                 [kept[i] for i in chosen], prefilter.layer, options.layer, [options.dim] * len(chosen), stop_check
             )
-        exit_layers[:] = prefilter.layer
-        exit_layers[finalists] = options.layer
-        return batches + deep
+            yield MicroBatch(batch.layer, tuple(chosen), batch.padded_length, batch.real_tokens), number == len(deep)

@@ -9,6 +9,19 @@ rerank-API users reach `--api-host` (or $RERANK_API_URL), by default the HTTP ho
 Exit layers and head widths come from the server (`describe()`), so any checkpoint works as is.
 Three layers: `TimedRerankClient` reports each call to Locust -> `RerankUser` holds one ->
 `HttpRerankUser` / `GrpcRerankUser` run the scenarios.
+
+Sizes are in words; what they are in tokens depends on the served tokenizer, so each typed call
+reports its request's tokens (pairs with the query and special tokens, as the server counted them)
+as its size: Locust's "Average size" column. Measured per pair, the scenarios send
+(the test suite's random-weight tiny checkpoint / the trained demo in demo/checkpoint):
+
+| scenario | documents | tokens per pair | tokens per request |
+| --- | --- | --- | --- |
+| short | 10 of 9 words | ~27 / ~120 | ~270 / ~1,200 |
+| long | 2 of 940 words | ~1,370 / ~6,900 | ~2,700 / ~13,800 |
+| matryoshka | 10 of 10-120 words | ~30-190 / ~130-940 | ~1,100 / ~5,300 |
+| cascade | 30 of 10-120 words | as matryoshka | ~3,300 / ~16,000 |
+| rag | 20-100 of 20-400 words | ~40-580 / ~190-2,900 | 4,400-25,000 / 26,000-127,000 |
 """
 
 from __future__ import annotations
@@ -21,7 +34,7 @@ from urllib.parse import urlsplit
 import grpc.experimental.gevent as grpc_gevent
 from locust import FastHttpUser, User, between, events, tag, task
 
-from mmrerank.dev.corpus import LANGUAGES, text
+from mmrerank.dev.corpus import rag_documents, text
 from mmrerank_client import RerankClient, RerankError
 
 grpc_gevent.init_gevent()  # gRPC's blocking calls must yield to Locust's greenlets
@@ -44,15 +57,16 @@ class TimedRerankClient:
     def rerank(self, name: str, query: str, documents: list[str], **options: Any) -> None:
         start = time.perf_counter()
         error: Exception | None = None
+        tokens = 0
         try:
-            self.client.rerank(query, documents, **options)
+            tokens = sum(result.num_tokens for result in self.client.rerank(query, documents, **options))
         except RerankError as caught:
             error = caught
         events.request.fire(
             request_type=self.request_type,
             name=name,
             response_time=(time.perf_counter() - start) * 1000,
-            response_length=len(documents),
+            response_length=tokens,  # the request's tokens under the served tokenizer: Locust's "size" column
             exception=error,
             context={},
         )
@@ -92,21 +106,21 @@ class RerankUser(User):
     @tag("short")
     @task(4)
     def short_documents(self) -> None:
-        """10 documents of about 15 tokens."""
+        """10 documents of 9 words."""
         docs = [text(self.rng, 9) for _ in range(10)]
         self.client.rerank("short", text(self.rng, 6), docs)
 
     @tag("long")
     @task(1)
     def long_documents(self) -> None:
-        """2 documents of about 1,500 tokens."""
+        """2 documents of 940 words."""
         docs = [text(self.rng, 940) for _ in range(2)]
         self.client.rerank("long", text(self.rng, 6), docs)
 
     @tag("matryoshka")
     @task(3)
     def matryoshka_mix(self) -> None:
-        """10 documents at a random (layer, width) among the served model's exits."""
+        """10 documents of 10-120 words at a random (layer, width) among the served model's exits."""
         layer, dim = self.rng.choice(self.exits)
         docs = [text(self.rng, self.rng.randint(10, 120)) for _ in range(10)]
         self.client.rerank(f"layer {layer} dim {dim}", text(self.rng, 6), docs, layer=layer, dim=dim)
@@ -114,7 +128,7 @@ class RerankUser(User):
     @tag("cascade")
     @task(1)
     def cascade(self) -> None:
-        """30 documents at the shallowest exit, the best 5 continued to the deepest."""
+        """30 documents of 10-120 words at the shallowest exit, the best 5 continued to the deepest."""
         layers = self.served.layer_indices
         docs = [text(self.rng, self.rng.randint(10, 120)) for _ in range(30)]
         options = {"layer": layers[-1], "prefilter_layer": layers[0], "prefilter_top_k": 5}
@@ -123,12 +137,8 @@ class RerankUser(User):
     @tag("rag")
     @task(2)
     def rag_request(self) -> None:
-        """1 query, 20-100 documents of mixed lengths and languages."""
-        docs = [
-            text(self.rng, self.rng.choice([20, 60, 150, 400]), self.rng.choice(LANGUAGES))
-            for _ in range(self.rng.randint(20, 100))
-        ]
-        self.client.rerank("rag", text(self.rng, 8), docs)
+        """1 query, 20-100 passages of 20-400 words in mixed languages."""
+        self.client.rerank("rag", text(self.rng, 8), rag_documents(self.rng, self.rng.randint(20, 100)))
 
 
 class HttpRerankUser(RerankUser):

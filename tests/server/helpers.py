@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Callable
-from pathlib import Path
+import re
+import urllib.request
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from mmrerank.dev.background import REPO_ROOT
 from mmrerank.serving.reranker_step import sigmoid
 
 MODEL = "rerank"
@@ -51,9 +49,17 @@ def assert_close(served: np.ndarray, expected: np.ndarray) -> None:
     np.testing.assert_allclose(served, expected, rtol=1e-4, atol=1e-5)
 
 
-def edited_repository(target: Path, config: str, edit: Callable[[str], str]) -> Path:
-    """A copy of the model repository at `target` whose `config` (a path inside it) went through `edit`."""
-    shutil.copytree(REPO_ROOT / "model_repository", target)
-    path = target / config
-    path.write_text(edit(path.read_text()))
-    return target
+SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
+
+
+def scrape(server) -> dict[tuple[str, frozenset], float]:
+    """Every sample on a server's metrics page, keyed by name and label set."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as response:
+        body = response.read().decode()
+    samples = {}
+    for line in body.splitlines():
+        match = SAMPLE.match(line)
+        if match and not line.startswith("#"):
+            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
+            samples[(match["name"], labels)] = float(match["value"])
+    return samples

@@ -2,26 +2,9 @@
 
 from __future__ import annotations
 
-import re
-import urllib.request
-
 import pytest
-from helpers import infer
+from helpers import infer, scrape
 from tritonclient.utils import InferenceServerException
-
-SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][\w:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)$")
-
-
-def scrape(server) -> dict[tuple[str, frozenset], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics") as response:
-        body = response.read().decode()
-    samples = {}
-    for line in body.splitlines():
-        match = SAMPLE.match(line)
-        if match and not line.startswith("#"):
-            labels = frozenset(re.findall(r'(\w+)="([^"]*)"', match["labels"] or ""))
-            samples[(match["name"], labels)] = float(match["value"])
-    return samples
 
 
 def delta(before, after, name, **labels) -> float:

@@ -16,10 +16,10 @@ import numpy as np
 import psutil
 import pytest
 import tritonclient.grpc as grpcclient
-from helpers import assert_close, edited_repository, library_scores, rerank_inputs
+from helpers import assert_close, library_scores, rerank_inputs
 from tritonclient.utils import InferenceServerException
 
-from mmrerank.dev.background import start_server
+from mmrerank.dev.background import edited_repository, start_server
 from mmrerank.dev.corpus import text
 from mmrerank_client import AuthenticationError, RerankClient, RerankError, ServerUnavailableError
 

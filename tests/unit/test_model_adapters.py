@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 import pytest
-from triton_stub import FakeRequest, MetricFamily, load_adapter, model_args
+from triton_stub import FakeRequest, MetricFamily, answers, load_adapter, model_args
 
 from mmrerank.model import MatryoshkaReranker
 from mmrerank.serving.reranker_step import sigmoid
@@ -29,7 +29,8 @@ def reranker_model(pb_utils, tiny_checkpoint, monkeypatch):
     monkeypatch.setenv("MMRERANK_CHECKPOINT", str(tiny_checkpoint))
     model = load_adapter("reranker")
     model.initialize(model_args("reranker", "configs/cpu.pbtxt"))
-    return model
+    yield model
+    model.finalize()
 
 
 def test_tokenizer_answers_each_request_on_its_own(tokenizer_model, pair_tokenizer):
@@ -63,13 +64,14 @@ def test_reranker_scores_valid_requests_together_and_refuses_the_rest(reranker_m
         tensors = {"_input_ids": ids.reshape(1, -1), "_lengths": encoded.lengths.reshape(1, -1)}
         return FakeRequest(tensors, parameters, cancelled)
 
-    responses = reranker_model.execute(
+    responses = answers(
+        reranker_model,
         [
             request(first, {"layer": 2, "dim": 16}),
             request(first, {"layer": 2}, ids=bad_ids),
             request(second, {"layer": 6, "dim": 128, "normalize": False}),
             request(second, {}, cancelled=True),
-        ]
+        ],
     )
     assert len(responses) == 4
     expected_first = sigmoid(reranker.logits(first.input_ids, first.lengths, 2, [16, 16]))
@@ -85,12 +87,13 @@ def test_reranker_scores_valid_requests_together_and_refuses_the_rest(reranker_m
 def test_a_scoring_failure_answers_every_request_with_an_error(reranker_model, pair_tokenizer, monkeypatch):
     encoded = pair_tokenizer.encode("river", ["water"], 512)
 
-    def explode(requests):
+    def explode(*args, **kwargs):
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(reranker_model.step, "score", explode)
-    responses = reranker_model.execute(
-        [FakeRequest({"_input_ids": encoded.input_ids[None], "_lengths": encoded.lengths[None]}) for _ in range(3)]
+    monkeypatch.setattr(reranker_model.step.reranker, "logits", explode)
+    responses = answers(
+        reranker_model,
+        [FakeRequest({"_input_ids": encoded.input_ids[None], "_lengths": encoded.lengths[None]}) for _ in range(3)],
     )
     assert [r.error.code() for r in responses] == ["INTERNAL"] * 3
     assert all("device lost" not in r.error.message() for r in responses)
@@ -109,8 +112,8 @@ def broken_metrics(*args, **kwargs):
 def test_a_failing_metrics_backend_does_not_turn_answers_into_errors(reranker_model, pair_tokenizer, monkeypatch):
     encoded = pair_tokenizer.encode("river", ["water", "sea"], 512)
     monkeypatch.setattr(reranker_model.metrics, "_metric", broken_metrics)
-    (response,) = reranker_model.execute(
-        [FakeRequest({"_input_ids": encoded.input_ids[None], "_lengths": encoded.lengths[None]})]
+    (response,) = answers(
+        reranker_model, [FakeRequest({"_input_ids": encoded.input_ids[None], "_lengths": encoded.lengths[None]})]
     )
     assert response.error is None and response.output("scores").shape == (1, 2)
 
@@ -139,7 +142,7 @@ def test_an_unexpected_failure_reading_one_request_fails_that_request_alone(
 
     monkeypatch.setattr(reranker_model.step, "prepare", fragile)
     one = pair_tokenizer.encode("river", ["water"], 512)
-    good, failed = reranker_model.execute([
+    good, failed = answers(reranker_model, [
         FakeRequest({"_input_ids": encoded.input_ids[None], "_lengths": encoded.lengths[None]}),
         FakeRequest({"_input_ids": one.input_ids[None], "_lengths": one.lengths[None]}),
     ])  # fmt: skip
@@ -159,7 +162,7 @@ def test_the_reranker_checks_lengths_itself(reranker_model, ids, lengths, parame
     request = FakeRequest(
         {"_input_ids": np.array([ids], dtype=np.int32), "_lengths": np.array([lengths], dtype=np.int32)}, parameters
     )
-    (response,) = reranker_model.execute([request])
+    (response,) = answers(reranker_model, [request])
     assert response.error.code() == "INVALID_ARG" and message in response.error.message()
 
 
@@ -177,7 +180,7 @@ def test_the_reranker_trusts_the_options_the_tokenizer_step_validated(
     assert tokenized.output("_options").tolist() == [[2, 16, 0, 64, 1, 0, 0, 0]]
     tensors = {name: tokenized.output(name) for name in ("_input_ids", "_lengths", "_options")}
     # The parameters travel too, but the reranker reads none of them when `_options` is there.
-    (scored,) = reranker_model.execute([FakeRequest(tensors, {"layer": 999})])
+    (scored,) = answers(reranker_model, [FakeRequest(tensors, {"layer": 999})])
     encoded = pair_tokenizer.encode("river", ["water", "sea"], 64)
     expected = reranker.logits(encoded.input_ids, encoded.lengths, 2, [16, 16])
     np.testing.assert_allclose(scored.output("scores"), expected.reshape(1, -1), rtol=1e-5)
@@ -188,7 +191,7 @@ def test_options_naming_a_missing_exit_fail_that_request_alone(reranker_model, p
     tensors = {"_input_ids": encoded.input_ids[None], "_lengths": encoded.lengths[None]}
     bad = FakeRequest({**tensors, "_options": np.array([[3, 16, 1, 64, 1, 0, 0, 0]], dtype=np.int32)})
     good = FakeRequest({**tensors, "_options": np.array([[2, 16, 1, 64, 1, 0, 0, 0]], dtype=np.int32)})
-    refused, scored = reranker_model.execute([bad, good])
+    refused, scored = answers(reranker_model, [bad, good])
     assert refused.error.code() == "INVALID_ARG" and "exit this checkpoint lacks: [(3, 16)]" in refused.error.message()
     assert scored.error is None and scored.output("scores").shape == (1, 1)
 

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from mmrerank.serving.planner import plan_micro_batches
+from mmrerank.serving.planner import plan_micro_batches, share_micro_batch
 
 
 def random_workload(seed: int, count: int = 300) -> tuple[list[int], list[int]]:
@@ -65,3 +65,28 @@ def test_real_tokens_count_without_padding():
 def test_mismatched_inputs_are_refused():
     with pytest.raises(ValueError, match="one entry per pair"):
         plan_micro_batches([1, 2], [3], max_batch_tokens=10)
+
+
+def test_a_shared_batch_starts_with_the_first_requests_longest_pairs_as_the_plan_cuts_them():
+    first = [900, 500, 400, 300]
+    taken = share_micro_batch([first, [950, 600, 200, 100]], max_batch_tokens=2000)
+    planned = plan_micro_batches(first, [6] * 4, max_batch_tokens=2000)[0]
+    assert taken[0] == sorted(planned.indices) == [0, 1]
+    assert taken[1] == [], "no pair fits beside 2 x 900 padded tokens"
+
+
+@pytest.mark.parametrize(
+    ("count_padding", "expected"),
+    [(True, [[0, 1], [1, 2, 3], [0]]), (False, [[0, 1], [1, 2, 3], [0, 1]])],
+)
+def test_other_requests_fill_the_budget_without_lengthening_the_batch(count_padding, expected):
+    queues = [[100, 80], [400, 90, 90, 50], [100, 10]]
+    taken = share_micro_batch(queues, 600, count_padding=count_padding)
+    assert taken == expected  # the 400-token pair would lengthen the batch; padded, the sixth row fills 600
+    chosen = [queue[k] for queue, positions in zip(queues, taken, strict=True) for k in positions]
+    assert max(chosen) == 100
+    assert (len(chosen) * 100 if count_padding else sum(chosen)) <= 600
+
+
+def test_a_pair_over_the_budget_still_runs_alone():
+    assert share_micro_batch([[5000, 10], [10]], max_batch_tokens=1000) == [[0], []]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import threading
 import types
 from pathlib import Path
 
@@ -46,11 +47,31 @@ class InferenceResponse:
         return next(t.as_numpy() for t in self.output_tensors if t.name() == name)
 
 
+FINAL_FLAG = 1
+
+
+class ResponseSender:
+    """Keeps the one final response a non-decoupled model sends through `get_response_sender()`."""
+
+    def __init__(self) -> None:
+        self.response: InferenceResponse | None = None
+        self.sent = threading.Event()
+
+    def send(self, response: InferenceResponse, flags: int = 0) -> None:
+        assert flags == FINAL_FLAG and not self.sent.is_set(), "exactly one final response per request"
+        self.response = response
+        self.sent.set()
+
+
 class FakeRequest:
     def __init__(
         self, tensors: dict[str, np.ndarray], parameters: dict | None = None, cancelled: bool = False, request_id=""
     ):
         self.tensors, self._parameters, self._cancelled, self._id = tensors, parameters or {}, cancelled, request_id
+        self.sender = ResponseSender()
+
+    def get_response_sender(self) -> ResponseSender:
+        return self.sender
 
     def request_id(self) -> str:
         return self._id
@@ -65,12 +86,13 @@ class FakeRequest:
 class MetricFamily:
     COUNTER = "counter"
     GAUGE = "gauge"
+    HISTOGRAM = "histogram"
     values: dict[tuple[str, tuple], float] = {}
 
     def __init__(self, name: str, description: str, kind: str) -> None:
         self.name = name
 
-    def Metric(self, labels: dict[str, str]):  # noqa: N802 - the backend's spelling
+    def Metric(self, labels: dict[str, str], buckets: list[float] | None = None):  # noqa: N802 - the backend's spelling
         family, key = self, (self.name, tuple(sorted(labels.items())))
 
         class Metric:
@@ -79,6 +101,9 @@ class MetricFamily:
 
             def set(self, value: float) -> None:
                 MetricFamily.values[key] = value
+
+            def observe(self, value: float) -> None:
+                MetricFamily.values[key] = MetricFamily.values.get(key, 0.0) + 1  # counts observations
 
         del family
         return Metric()
@@ -90,6 +115,7 @@ def stub_module() -> types.ModuleType:
     module.TritonError = TritonError
     module.InferenceResponse = InferenceResponse
     module.MetricFamily = MetricFamily
+    module.TRITONSERVER_RESPONSE_COMPLETE_FINAL = FINAL_FLAG
     module.Logger = types.SimpleNamespace(log_info=lambda message: None, log_error=lambda message: None)
     module.get_input_tensor_by_name = lambda request, name: (
         Tensor(name, request.tensors[name]) if name in request.tensors else None
@@ -110,3 +136,13 @@ def load_adapter(model: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.TritonPythonModel()
+
+
+def answers(model, requests: list[FakeRequest], timeout: float = 60) -> list[InferenceResponse]:
+    """The responses of one `execute`: returned, or (response-sender mode) sent from the model's thread."""
+    returned = model.execute(requests)
+    if returned is not None:
+        return returned
+    for request in requests:
+        assert request.sender.sent.wait(timeout), "the model never answered a request"
+    return [request.sender.response for request in requests]

@@ -1,4 +1,10 @@
-"""Triton adapter of the reranker step: every pair of every request in one plan, per-request errors."""
+"""Triton adapter of the reranker step: requests join a pool scored one shared micro-batch at a time.
+
+`execute` validates each request, hands it to the scoring thread and returns; the thread answers
+each request through its response sender once its pairs are scored (Triton's non-decoupled
+response-sender mode: exactly one final response per request), so the instance takes new
+requests while earlier ones run.
+"""
 
 import json
 import time
@@ -11,8 +17,9 @@ from mmrerank.layout import CheckpointLayout
 from mmrerank.model import MatryoshkaReranker
 from mmrerank.serving.contract import InvalidRequestError, RerankOptions, parse_parameters
 from mmrerank.serving.deadlines import NO_DEADLINE, CancelNotices, ShutdownNotice
-from mmrerank.serving.metrics import Metrics
+from mmrerank.serving.metrics import SIZE_CLASSES, Metrics, size_class
 from mmrerank.serving.reranker_step import DirectCaps, RerankerStep
+from mmrerank.serving.scoring_loop import ScoringLoop
 from mmrerank.serving.settings import SettingsError, checkpoint_location, integer_setting, model_parameters
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -33,7 +40,7 @@ def _dtype(name):
 
 
 class TritonPythonModel:
-    """Validates each request, scores all valid ones together, answers every request."""
+    """Validates each request, scores it in the instance's pool, answers it when its pairs are done."""
 
     def initialize(self, args):
         settings = model_parameters(json.loads(args["model_config"]))
@@ -57,9 +64,19 @@ class TritonPythonModel:
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)
         self.instance = args.get("model_instance_name", "reranker")
-        self.metrics.report_executing(0, step="reranker", instance=self.instance)  # present before any request
+        self._report_in_flight(0)  # present before any request
+        for size, _ in SIZE_CLASSES:
+            self.metrics.declare("mmrerank_request_wait_seconds", size=size)
         started = time.perf_counter()
         warmed = self.step.warm_up()  # readiness means warm: Triton marks the model ready after initialize
+        self.loop = ScoringLoop(
+            self.step,
+            max_in_flight=integer_setting(settings, "max_requests_in_flight"),
+            on_batch=self._record_batch,
+            on_failure=lambda error: self.logger.log_error(
+                "scoring failed:\n" + "".join(traceback.format_exception(error))
+            ),
+        )
         self.logger.log_info(
             f"reranker ready on {reranker.device} ({reranker.dtype}, {reranker.kernel.name} attention); exits: "
             f"layers {list(reranker.spec.layer_indices)} x widths {list(reranker.spec.dim_indices)}; "
@@ -67,48 +84,31 @@ class TritonPythonModel:
         )
 
     def execute(self, requests):
-        with self.metrics.executing(len(requests), step="reranker", instance=self.instance):
-            return self._answer(requests)
-
-    def _answer(self, requests):
         arrived = time.monotonic()  # a direct call's deadline counts from here
-        responses = [None] * len(requests)
-        accepted, prepared = [], []
-        for position, request in enumerate(requests):
+        for request in requests:
+            sender = request.get_response_sender()
             if request.is_cancelled():  # the client gave up while this waited in the queue
                 self.metrics.add("mmrerank_requests_cancelled_total", 1)
-                responses[position] = _error("request cancelled", pb_utils.TritonError.CANCELLED)
+                _send(sender, _error("request cancelled", pb_utils.TritonError.CANCELLED))
                 continue
             try:
-                prepared.append(self._prepare(request, arrived))
-                accepted.append(position)
+                prepared = self._prepare(request, arrived)
             except InvalidRequestError as error:
                 self.metrics.add("mmrerank_requests_rejected_total", 1, step="reranker", reason=error.reason)
-                responses[position] = _error(str(error), pb_utils.TritonError.INVALID_ARG)
+                _send(sender, _error(str(error), pb_utils.TritonError.INVALID_ARG))
+                continue
             except Exception:  # noqa: BLE001 - this request alone fails; the others are still scored
                 self.logger.log_error(f"reranker failed to read a request:\n{traceback.format_exc()}")
-                responses[position] = _error("internal error while reading the request", pb_utils.TritonError.INTERNAL)
-        if not prepared:
-            return responses
-        try:
-            scored = self.step.score(prepared)
-        except Exception:  # noqa: BLE001 - answer every request rather than fail the batch
-            self.logger.log_error(f"scoring failed:\n{traceback.format_exc()}")
-            for position in accepted:
-                responses[position] = _error("internal error while scoring", pb_utils.TritonError.INTERNAL)
-            return responses
-        for index, position in enumerate(accepted):
-            if index in scored.abandoned:
-                responses[position] = ABANDONED[scored.abandoned[index]]()
+                _send(sender, _error("internal error while reading the request", pb_utils.TritonError.INTERNAL))
                 continue
-            responses[position] = pb_utils.InferenceResponse(
-                output_tensors=[
-                    pb_utils.Tensor("scores", scored.scores[index].reshape(1, -1)),
-                    pb_utils.Tensor("exit_layer", scored.exit_layers[index].reshape(1, -1)),
-                ]
+            self.loop.submit(
+                prepared, lambda outcome, sender=sender, prepared=prepared: self._answer(sender, prepared, outcome)
             )
-        self._record(prepared, scored)
-        return responses
+            self._report_in_flight(self.loop.in_flight)
+        return None
+
+    def finalize(self):
+        self.loop.stop()
 
     def _prepare(self, request, arrived):
         """The request's rows with the options the tokenizer step validated, or, called directly, its own."""
@@ -122,19 +122,38 @@ class TritonPythonModel:
             chosen, deadline = RerankOptions.from_array(options.as_numpy().reshape(-1)), _deadline(request)
         return self.step.prepare(ids, lengths, chosen, deadline, request.request_id())
 
-    def _record(self, prepared, scored):
-        """Metrics after the answers are built (each update is best effort: it never changes an answer)."""
-        for index, request in enumerate(prepared):
-            if index in scored.abandoned:
-                continue
-            exit_labels = {"layer": request.options.layer, "dim": request.options.dim}
-            self.metrics.add("mmrerank_pairs_scored_total", len(request.rows), **exit_labels)
-            self.metrics.add("mmrerank_tokens_scored_total", sum(len(row) for row in request.rows), **exit_labels)
-        self.metrics.add("mmrerank_tokens_processed_total", scored.tokens_processed)
-        for reason in scored.abandoned.values():
-            self.metrics.add("mmrerank_requests_abandoned_total", 1, reason=reason)
-        for batch in scored.batches:
-            self.metrics.add("mmrerank_micro_batches_total", 1, layer=batch.layer)
+    def _answer(self, sender, request, outcome):
+        """On the scoring thread: send the request's one response, then count it (metrics never change an answer)."""
+        if outcome.abandoned:
+            response = ABANDONED[outcome.abandoned]()
+        else:
+            response = pb_utils.InferenceResponse(
+                output_tensors=[
+                    pb_utils.Tensor("scores", outcome.scores.reshape(1, -1)),
+                    pb_utils.Tensor("exit_layer", outcome.exit_layers.reshape(1, -1)),
+                ]
+            )
+        try:
+            _send(sender, response)
+        except Exception:  # noqa: BLE001 - a response that cannot be sent fails that request alone
+            self.logger.log_error(f"reranker could not send a response:\n{traceback.format_exc()}")
+        self._report_in_flight(self.loop.in_flight)
+        tokens = sum(len(row) for row in request.rows)
+        self.metrics.observe("mmrerank_request_wait_seconds", outcome.waited, size=size_class(tokens))
+        if outcome.abandoned:
+            self.metrics.add("mmrerank_requests_abandoned_total", 1, reason=outcome.abandoned)
+            return
+        exit_labels = {"layer": request.options.layer, "dim": request.options.dim}
+        self.metrics.add("mmrerank_pairs_scored_total", len(request.rows), **exit_labels)
+        self.metrics.add("mmrerank_tokens_scored_total", tokens, **exit_labels)
+
+    def _record_batch(self, batch):
+        tokens = batch.padded_tokens if self.step.reranker.kernel.pads else batch.real_tokens
+        self.metrics.add("mmrerank_tokens_processed_total", tokens)
+        self.metrics.add("mmrerank_micro_batches_total", 1, layer=batch.layer)
+
+    def _report_in_flight(self, count):
+        self.metrics.report_executing(count, step="reranker", instance=self.instance)
 
 
 def _deadline(request):
@@ -156,8 +175,13 @@ ABANDONED = {
         "the server is shutting down and stopped this request before it was scored; retry on another replica",
         pb_utils.TritonError.UNAVAILABLE,
     ),
+    "error": lambda: _error("internal error while scoring", pb_utils.TritonError.INTERNAL),
 }
 
 
 def _error(message, code):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, code))
+
+
+def _send(sender, response):
+    sender.send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)

@@ -1,0 +1,87 @@
+"""The reranker's scoring thread: Triton's `execute` hands requests over and returns at once.
+
+An instance that returns from `execute` gets the next requests from Triton's dynamic batcher
+right away, so a request that arrives while others are being scored joins the step's pool and
+starts within one micro-batch instead of waiting for a whole `execute`. The thread owns the pool;
+`submit` blocks while `max_in_flight` requests are in it, so beyond that requests wait in
+Triton's queue, whose size limit and timeouts keep their meaning.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from mmrerank.serving.planner import MicroBatch
+from mmrerank.serving.reranker_step import Done, Outcome, RerankerStep, ScoreRequest
+
+
+class ScoringLoop:
+    """Runs `step`'s micro-batches on one thread while requests are submitted from another."""
+
+    def __init__(
+        self,
+        step: RerankerStep,
+        max_in_flight: int,
+        on_batch: Callable[[MicroBatch], None],
+        on_failure: Callable[[BaseException], None],
+    ) -> None:
+        self.step = step
+        self.max_in_flight = max_in_flight
+        self._on_batch = on_batch
+        self._on_failure = on_failure
+        self._changed = threading.Condition()
+        self._arrivals: list[tuple[ScoreRequest, Done, float]] = []
+        self._in_flight = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="mmrerank-scoring", daemon=True)
+        self._thread.start()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted and not yet answered."""
+        return self._in_flight
+
+    def submit(self, request: ScoreRequest, done: Done) -> None:
+        """Hand `request` to the scoring thread; `done` gets its outcome there. Blocks while the pool is full."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._in_flight < self.max_in_flight or self._stopping)
+            self._in_flight += 1
+            self._arrivals.append((request, self._counted(done), time.monotonic()))
+            self._changed.notify_all()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """End the thread; requests still in the pool are answered as abandoned for "shutdown"."""
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
+        self._thread.join(timeout)
+
+    def _counted(self, done: Done) -> Done:
+        def finished(outcome: Outcome) -> None:
+            with self._changed:
+                self._in_flight -= 1
+                self._changed.notify_all()
+            done(outcome)
+
+        return finished
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: self._arrivals or self.step.in_flight or self._stopping)
+                arrivals, self._arrivals = self._arrivals, []
+                stopping = self._stopping
+            for request, done, arrived in arrivals:
+                self.step.admit(request, done, arrived)
+            if stopping:
+                self.step.abandon_all("shutdown")
+                return
+            try:
+                ran = self.step.run_next()
+            except Exception as error:  # noqa: BLE001 - the failing batch's requests are answered; go on
+                self._on_failure(error)
+                continue
+            if ran is not None:
+                self._on_batch(ran)
