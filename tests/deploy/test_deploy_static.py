@@ -10,23 +10,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+from manifests import K8S, envoy_binary, envoy_config, k8s_objects
 
 from mmrerank.launch import launcher
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCKER = REPO_ROOT / "docker"
 DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.rocm"]
-K8S = DOCKER / "k8s"
+# Objects of custom resources: kubernetes-validate has no schema for them, and the KEDA and Prometheus
+# Operator CRDs are not obtainable without network here; the tests below check the fields their
+# controllers read, and test_autoscaling_rules.py runs their PromQL through promtool.
+CUSTOM_RESOURCE_FILES = {"monitoring.yaml", "keda-scaledobject.yaml"}
 KUBERNETES_VERSION = "1.31.0"
 BIN = Path(sys.executable).parent
 
 
 def run(*command: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
-
-
-def manifests() -> dict[str, dict]:
-    return {path.name: yaml.safe_load(path.read_text()) for path in sorted(K8S.glob("*.yaml"))}
 
 
 def instruction(dockerfile: Path, name: str) -> list[str]:
@@ -79,9 +79,9 @@ def test_container_runs_the_launchers_command_line(dockerfile, tmp_path, monkeyp
 
 def test_kubernetes_and_compose_pass_the_same_launcher_options():
     cmd = instruction(DOCKER / "Dockerfile", "CMD")
-    for name in ("deployment-nvidia.yaml", "deployment-amd.yaml"):
-        container = manifests()[name]["spec"]["template"]["spec"]["containers"][0]
-        assert container["args"] == cmd, name
+    for deployment in deployments():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"] == cmd
     compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
     assert compose["services"]["reranker-2x"]["command"] == [*cmd, "--model-config-name", "gpu-2x"]
     assert (REPO_ROOT / "model_repository" / "reranker" / "configs" / "gpu-2x.pbtxt").is_file()
@@ -99,7 +99,7 @@ def test_server_requirements_match_the_lock():
         assert "torch==2.13.0" in dockerfile.read_text()
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in K8S.glob("*.yaml") if p.name != "podmonitor.yaml"))
+@pytest.mark.parametrize("name", sorted(p.name for p in K8S.glob("*.yaml") if p.name not in CUSTOM_RESOURCE_FILES))
 def test_manifest_passes_kubernetes_schema(name):
     result = run(str(BIN / "kubernetes-validate"), "--strict", "-k", KUBERNETES_VERSION, str(K8S / name))
     assert result.returncode == 0 and "passed" in result.stdout, result.stdout + result.stderr
@@ -110,32 +110,89 @@ def test_yaml_lint():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def deployments() -> list[dict]:
+    """The reranker Deployments: NVIDIA's and AMD's (one name, one or the other is applied)."""
+    return [yaml.safe_load((K8S / name).read_text()) for name in ("deployment-nvidia.yaml", "deployment-amd.yaml")]
+
+
 def test_manifests_fit_together():
-    found = manifests()
-    deployment = found["deployment-nvidia.yaml"]
+    found = k8s_objects()
+    deployment, amd = deployments()
+    assert deployment["metadata"]["name"] == amd["metadata"]["name"] == "mmrerank"
     pod = deployment["spec"]["template"]
     labels = pod["metadata"]["labels"]
     ports = {p["name"] for p in pod["spec"]["containers"][0]["ports"]}
-    assert found["service.yaml"]["spec"]["selector"].items() <= labels.items()
-    assert {p["targetPort"] for p in found["service.yaml"]["spec"]["ports"]} <= ports
-    monitor = found["podmonitor.yaml"]
+    for service in ("Service/mmrerank", "Service/mmrerank-pods"):
+        assert found[service]["spec"]["selector"].items() <= labels.items()
+        assert {p["targetPort"] for p in found[service]["spec"]["ports"]} <= ports
+    assert found["Service/mmrerank-pods"]["spec"]["clusterIP"] == "None", "Envoy resolves every pod through DNS"
+    monitor = found["PodMonitor/mmrerank"]
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports
-    hpa = found["hpa.yaml"]["spec"]
-    assert (
-        hpa["scaleTargetRef"]["name"]
-        == deployment["metadata"]["name"]
-        == found["deployment-amd.yaml"]["metadata"]["name"]
-    )
-    rules = yaml.safe_load(found["prometheus-adapter-rules.yaml"]["data"]["config.yaml"])["rules"]
-    assert hpa["metrics"][0]["pods"]["metric"]["name"] == rules[0]["name"]["as"]
-    assert "nv_inference_queue_duration_us" in rules[0]["metricsQuery"]
-    assert "nv_inference_request_success" in rules[0]["metricsQuery"]
-    assert pod["spec"]["terminationGracePeriodSeconds"] > launcher.EXIT_TIMEOUT_SECONDS + 10
-    container = pod["spec"]["containers"][0]
-    assert container["startupProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    # Ready only while both Triton's model and the rerank API front answer.
-    assert container["readinessProbe"]["httpGet"] == {"path": "/health", "port": "rerank-api"}
-    assert found["deployment-amd.yaml"]["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"][
-        "amd.com/gpu"
-    ]
+    # kube-prometheus-stack's Prometheus selects monitors and rules by its Helm release label.
+    assert monitor["metadata"]["labels"]["release"] == found["PrometheusRule/mmrerank"]["metadata"]["labels"]["release"]
+    assert found["PodDisruptionBudget/mmrerank"]["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "checkpoint")
+    claim = found[f"PersistentVolumeClaim/{volume['persistentVolumeClaim']['claimName']}"]
+    assert claim["spec"]["accessModes"] == ["ReadOnlyMany"], "replicas on several nodes mount the checkpoint"
+
+
+def test_the_scaler_keeps_two_replicas_and_targets_the_deployment():
+    found = k8s_objects()
+    scaled = found["ScaledObject/mmrerank"]["spec"]
+    assert scaled["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "mmrerank"}
+    assert scaled["minReplicaCount"] >= 2 and scaled["maxReplicaCount"] > scaled["minReplicaCount"]
+    for trigger in scaled["triggers"]:
+        assert trigger["type"] == "prometheus" and trigger["metricType"] in ("Value", "AverageValue")
+        assert {"serverAddress", "query", "threshold"} <= trigger["metadata"].keys()
+    for deployment in deployments():
+        spec = deployment["spec"]
+        assert spec["replicas"] == scaled["minReplicaCount"]
+        assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 0, "maxUnavailable": 1}, "no spare GPU needed"
+        spread = spec["template"]["spec"]["topologySpreadConstraints"][0]
+        assert spread["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_a_draining_pod_outlasts_envoys_view_of_it():
+    """preStop lasts longer than Envoy needs to stop sending there: a DNS refresh plus two failed health checks."""
+    clusters = envoy_config()["static_resources"]["clusters"]
+    for deployment in deployments():
+        pod = deployment["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        pause = float(re.search(r"sleep\((\d+)\)", container["lifecycle"]["preStop"]["exec"]["command"][-1])[1])
+        for cluster in clusters:
+            refresh = float(cluster.get("dns_refresh_rate", "0s").rstrip("s"))
+            check = cluster["health_checks"][0]
+            noticed = refresh + float(check["interval"].rstrip("s")) * check["unhealthy_threshold"]
+            assert pause > noticed, (cluster["name"], pause, noticed)
+        assert pod["terminationGracePeriodSeconds"] > pause + launcher.EXIT_TIMEOUT_SECONDS
+
+
+def test_envoy_balances_each_request_retries_and_checks_health():
+    config = envoy_config()["static_resources"]
+    for cluster in config["clusters"]:
+        assert cluster["lb_policy"] == "LEAST_REQUEST"
+        assert cluster["health_checks"][0]["http_health_check"]["path"] == "/health"
+        assert cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"][
+            "socket_address"]["address"] == "mmrerank-pods"  # fmt: skip
+    grpc = next(cluster for cluster in config["clusters"] if cluster["name"] == "triton_grpc")
+    assert "http2_protocol_options" in str(grpc["typed_extension_protocol_options"])
+    for listener in config["listeners"]:
+        route = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0][
+            "routes"][0]["route"]  # fmt: skip
+        retry = route["retry_policy"]
+        assert retry["num_retries"] == 2 and retry["per_try_timeout"]
+        assert set(retry["retry_on"].split(",")) >= {
+            "connect-failure",
+            "reset",
+            "unavailable",
+            "retriable-status-codes",
+        }
+        assert retry["retriable_status_codes"] == [503]
+
+
+def test_envoy_accepts_its_configuration(tmp_path):
+    config = tmp_path / "envoy.yaml"
+    config.write_text(yaml.safe_dump(envoy_config()))
+    result = run(envoy_binary(), "--mode", "validate", "-c", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
