@@ -1,10 +1,11 @@
 """The reranker model's step without Triton: check each request's token rows, then score the requests in flight.
 
 Requests join a pool as they arrive and leave it once answered. The pool runs one micro-batch at a
-time for the request that has been served the fewest tokens so far (among requests not started
-yet, the smallest), filled up with pairs of other requests at the same exit. So a request that
-arrives while others run starts within one micro-batch, however many long requests are in flight,
-and long requests still share the time between them.
+time, led by the request that one micro-batch can finish (the nearest to done), else by the one
+served the fewest tokens so far (among requests not started yet, the smallest), and filled up with
+pairs of other requests at the same exit. So a short request that arrives while others run starts
+after the micro-batch running and is done within about one more, however many long requests are
+in flight, and long requests share the time between them.
 """
 
 from __future__ import annotations
@@ -115,10 +116,15 @@ class _InFlight:
     served_tokens: int = 0
     started: float | None = None
 
-    @property
-    def priority(self) -> tuple[int, int, int]:
-        """Least served first; among equals (requests not started yet) the smallest, then the earliest."""
-        return self.served_tokens, self.tokens, self.order
+    def priority(self, max_batch_tokens: int) -> tuple[bool, int, int, int]:
+        """Sort key: requests one micro-batch can finish first, the nearest to done first.
+
+        Then the least served, the smallest among equals (requests not started yet), then the earliest.
+        """
+        remaining = max(0, self.tokens - self.served_tokens)
+        if remaining <= max_batch_tokens:
+            return False, remaining, 0, self.order
+        return True, self.served_tokens, self.tokens, self.order
 
 
 class RerankerStep:
@@ -239,7 +245,7 @@ class RerankerStep:
         self._pool.append(job)
 
     def run_next(self) -> MicroBatch | None:
-        """Run one micro-batch of the pool's least-served request, shared with others at its exit.
+        """Run one micro-batch led by the pool's first request in priority order, shared with others at its exit.
 
         First, requests nobody waits for any more end, answered as abandoned. Returns the
         micro-batch that ran, or None when none did (the pool is empty, or the one picked was
@@ -252,7 +258,7 @@ class RerankerStep:
                 self._finish(job, reason)
         if not self._pool:
             return None
-        first = min(self._pool, key=lambda job: job.priority)
+        first = min(self._pool, key=self._priority)
         if first.cascade is not None:
             return self._advance_cascade(first)
         return self._run_shared(first)
@@ -274,6 +280,9 @@ class RerankerStep:
                 batches.append(ran)
         processed = sum(batch.padded_tokens if self._pads else batch.real_tokens for batch in batches)
         return ScoredBatch([outcomes[i] for i in range(len(requests))], batches, processed)
+
+    def _priority(self, job: _InFlight) -> tuple[bool, int, int, int]:
+        return job.priority(self.max_batch_tokens)
 
     @property
     def _pads(self) -> bool:
@@ -326,7 +335,7 @@ class RerankerStep:
                 for job in self._pool
                 if job is not first and job.cascade is None and job.request.options.layer == layer
             ),
-            key=lambda job: job.priority,
+            key=self._priority,
         )
         sharing = [first, *others]
         taken = share_micro_batch(
