@@ -87,6 +87,13 @@ def prepare_wheel_backends(target: Path) -> Path:
     return target
 
 
+def served_config_name(args: argparse.Namespace) -> str | None:
+    """The configs/NAME.pbtxt Triton loads: the one asked for, else `cpu` on a CPU-only host, else the default."""
+    if args.model_config_name is None and (args.device == "cpu" or (args.device == "auto" and not gpu_available())):
+        return "cpu"
+    return args.model_config_name
+
+
 def server_command(
     args: argparse.Namespace, checkpoint: Path, backend_dir: Path | None, repository: Path | None = None
 ) -> ServerCommand:
@@ -129,9 +136,7 @@ def server_command(
     if api_key:
         argv.append(f"--http-restricted-api={RESTRICTED_APIS}:{API_KEY_HEADER}={api_key}")
         argv.append(f"--grpc-restricted-protocol={RESTRICTED_APIS}:{API_KEY_HEADER}={api_key}")
-    config_name = args.model_config_name
-    if config_name is None and (args.device == "cpu" or (args.device == "auto" and not gpu_available())):
-        config_name = "cpu"
+    config_name = served_config_name(args)
     if config_name:
         argv.append(f"--model-config-name={config_name}")
     return ServerCommand(argv + list(args.extra), env)
@@ -159,6 +164,7 @@ def api_front(args: argparse.Namespace, host: str, env: dict[str, str] | None = 
         sys.executable, "-m", "mmrerank.api", "--triton-grpc", f"{host}:{args.grpc_port}",
         "--host", args.host, "--port", str(args.api_port), "--graceful-seconds", str(EXIT_TIMEOUT_SECONDS),
         "--timeout", str(args.api_timeout), "--max-body-bytes", str(args.api_max_body_bytes),
+        "--max-connections", str(args.api_max_connections),
     ]  # fmt: skip
     return Companion(
         "rerank API front", argv, {**os.environ, **(env or {})}, f"http://{host}:{args.api_port}/openapi.json"
@@ -186,6 +192,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--api-max-body-bytes", type=int, default=64 * 2**20, help="larger request bodies get 413 from the API front"
+    )
+    parser.add_argument(
+        "--api-max-connections", type=int, default=1000, help="open connections the API front takes; more get 503"
     )
     parser.add_argument(
         "--device",
@@ -228,7 +237,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             overrides = {"attention": args.attention, "max_batch_tokens": args.max_batch_tokens}
             repository = materialize(
-                args.model_repository, layout, Path(scratch) / "model_repository", args.model_config_name,
+                args.model_repository, layout, Path(scratch) / "model_repository", served_config_name(args),
                 {key: str(value) for key, value in overrides.items() if value is not None},
             )  # fmt: skip
         except RepositoryError as error:

@@ -186,3 +186,23 @@ def test_a_sigterm_while_starting_drains_tritonserver_instead_of_killing_it(tmp_
         assert supervisor.supervise(poll_seconds=0.1) == 0  # it drained and exited by itself
     finally:
         supervisor.kill_if_running()
+
+
+def test_a_cpu_host_serves_the_reranker_the_cpu_configs_caps(tiny_checkpoint, tmp_path, monkeypatch):
+    """The config is picked automatically (no --model-config-name): the copy must take the cpu variant's values."""
+    monkeypatch.setattr(launcher, "gpu_available", lambda: False)
+    args = launcher.parse_args([])
+    layout = launcher.resolve_checkpoint(str(tiny_checkpoint))
+    served = materialize(
+        launcher.DEFAULT_MODEL_REPOSITORY, layout, tmp_path / "repo", launcher.served_config_name(args)
+    )
+    tokenizer = config_parameters((served / "tokenizer" / "configs" / "cpu.pbtxt").read_text())
+    reranker = config_parameters((served / "reranker" / "configs" / "cpu.pbtxt").read_text())
+    assert reranker["default_deadline_ms"] == tokenizer["default_deadline_ms"] == "120000"
+    assert "--model-config-name=cpu" in launcher.server_command(args, tiny_checkpoint, None, served).argv
+
+
+def test_the_api_fronts_connection_limit_reaches_its_command_line():
+    args = launcher.parse_args(["--api-max-connections", "77"])
+    assert launcher.api_front(args, "127.0.0.1").argv[-2:] == ["--max-connections", "77"]
+    assert launcher.api_front(launcher.parse_args([]), "127.0.0.1").argv[-2:] == ["--max-connections", "1000"]
