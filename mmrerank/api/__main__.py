@@ -16,7 +16,7 @@ import uvicorn
 from mmrerank.api.app import create_app
 from mmrerank.api.protocol import GuardedHttpToolsProtocol
 from mmrerank.api.triton import TritonReranker
-from mmrerank.serving.deadlines import CancelNotices
+from mmrerank.serving.deadlines import CANCEL_DIRECTORY_ENV, CancelNotices
 
 API_KEY_ENV = "MMRERANK_API_KEY"
 
@@ -40,8 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM or Ctrl-C; in-flight requests finish first."""
     args = parse_args(argv)
     api_key = os.environ.get(API_KEY_ENV) or None
+    try:
+        cancels = CancelNotices.from_environment()
+    except NotADirectoryError as error:
+        print(f"mmrerank-api: {error}; it must be the directory the models read", file=sys.stderr)  # noqa: T201
+        return 2
+    if not cancels.enabled:
+        print(  # noqa: T201 - a start-up warning, before the server logs
+            f"mmrerank-api: {CANCEL_DIRECTORY_ENV} is not set: when a client goes away, its request runs on "
+            "until its deadline (scripts/serve sets it; the front must share that directory with the models)",
+            file=sys.stderr,
+        )
     triton = TritonReranker(args.triton_grpc, api_key, args.timeout)
-    app = create_app(triton, api_key, args.max_body_bytes, CancelNotices.from_environment())
+    app = create_app(triton, api_key, args.max_body_bytes, cancels)
     uvicorn.run(
         app,
         host=args.host,

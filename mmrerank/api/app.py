@@ -230,8 +230,8 @@ def create_app(
             await asyncio.wait({ranking, gone}, return_when=asyncio.FIRST_COMPLETED)
             if ranking.done():
                 return ranking.result()
-            notices.cancel(request_id)
-            ranking.cancel()
+            ranking.cancel()  # first: the call stops between the steps whatever the file system does
+            await asyncio.to_thread(notices.cancel, request_id)
             raise ClientGone
         finally:
             gone.cancel()

@@ -70,15 +70,33 @@ class ShutdownNotice:
 
 
 class CancelNotices:
-    """Requests whose clients went away: one empty file per request id, written by the rerank API front."""
+    """Requests whose clients went away: one empty file per request id, written by the rerank API front.
+
+    Only names of the ids the front gives are ever written, looked up or removed in the directory,
+    so nothing else that lives there is touched. The step that ends a cancelled request removes its
+    notice; notices nobody removed (the request had finished anyway) go after NOTICE_LIFETIME.
+    """
 
     def __init__(self, directory: str | os.PathLike[str] | None) -> None:
         self.directory = Path(directory) if directory else None
+        self._swept_at = -math.inf
 
     @classmethod
     def from_environment(cls) -> CancelNotices:
-        """The directory named by MMRERANK_CANCEL_DIR (none: no request is ever cancelled this way)."""
-        return cls(os.environ.get(CANCEL_DIRECTORY_ENV) or None)
+        """The directory named by MMRERANK_CANCEL_DIR (none: no request is ever cancelled this way).
+
+        Raises NotADirectoryError when the variable names something that is not a writable directory:
+        cancellation would silently do nothing.
+        """
+        directory = os.environ.get(CANCEL_DIRECTORY_ENV) or None
+        if directory is not None and not (os.path.isdir(directory) and os.access(directory, os.W_OK | os.X_OK)):
+            raise NotADirectoryError(f"{CANCEL_DIRECTORY_ENV}={directory!r} is not a writable directory")
+        return cls(directory)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether requests can be cancelled this way (a directory is set)."""
+        return self.directory is not None
 
     def _path(self, request_id: str) -> Path | None:
         if self.directory is None or not CANCELLABLE_ID.fullmatch(request_id):
@@ -86,18 +104,35 @@ class CancelNotices:
         return self.directory / request_id
 
     def cancel(self, request_id: str) -> None:
-        """Front side: the client of `request_id` went away. Notices older than NOTICE_LIFETIME go."""
+        """Front side: the client of `request_id` went away. Blocks on the file system: call it off the event loop.
+
+        At most once a minute, notices older than NOTICE_LIFETIME go too.
+        """
         path = self._path(request_id)
-        if path is None or self.directory is None:
+        if path is None:
             return
         path.touch()
-        expired = time.time() - NOTICE_LIFETIME_SECONDS
+        if time.monotonic() - self._swept_at >= 60:
+            self._swept_at = time.monotonic()
+            self._sweep(time.time() - NOTICE_LIFETIME_SECONDS)
+
+    def _sweep(self, expired: float) -> None:
+        assert self.directory is not None
         for old in self.directory.iterdir():
-            with contextlib.suppress(FileNotFoundError):
-                if old.stat().st_mtime < expired:
+            if not CANCELLABLE_ID.fullmatch(old.name):
+                continue
+            with contextlib.suppress(OSError):  # gone meanwhile, or not a plain file
+                if old.is_file() and old.stat().st_mtime < expired:
                     old.unlink()
 
     def cancelled(self, request_id: str) -> bool:
         """Whether the client of `request_id` went away (one stat call)."""
         path = self._path(request_id)
         return path is not None and path.exists()
+
+    def forget(self, request_id: str) -> None:
+        """Model side: the cancelled request `request_id` has ended; its notice is no longer needed."""
+        path = self._path(request_id)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)

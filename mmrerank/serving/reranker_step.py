@@ -312,6 +312,8 @@ class RerankerStep:
     def _finish(self, job: _InFlight, abandoned: str | None = None) -> None:
         """Take `job` out of the pool and hand its outcome to its `done`."""
         self._pool.remove(job)
+        if abandoned == "cancelled":
+            self.cancels.forget(job.request.request_id)
         waited = (job.started if job.started is not None else time.monotonic()) - job.arrived
         if abandoned:
             empty = np.empty(0, dtype=np.float32)

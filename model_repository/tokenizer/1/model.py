@@ -42,6 +42,7 @@ class TritonPythonModel:
 
     def _respond(self, request, arrived):
         if self.cancels.cancelled(request.request_id()):  # the front's client left while this waited
+            self.cancels.forget(request.request_id())  # it ends here: the reranker never sees it
             self.metrics.add("mmrerank_requests_abandoned_total", 1, reason="cancelled")
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError("the client went away before the request was tokenized",
