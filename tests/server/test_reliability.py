@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import re
 import signal
 import time
 import urllib.error
@@ -184,10 +185,13 @@ def test_a_killed_backend_stub_is_detected_and_recovered(tiny_checkpoint, tmp_pa
 
 @pytest.mark.slow
 def test_overload_is_rejected_fast_not_hung(tiny_checkpoint, tmp_path):
-    repository = edited_repository(
-        tmp_path / "model_repository", "reranker/configs/cpu.pbtxt",
-        lambda text: text.replace("max_queue_size: 256", "max_queue_size: 1"),
-    )  # fmt: skip
+    # Each instance's pool holds 1 request and the queue 1: the rest must be refused at once.
+    one_each = lambda text: re.sub(  # noqa: E731
+        r'("max_requests_in_flight" value: \{ string_value: ")\d+',
+        r"\g<1>1",
+        text.replace("max_queue_size: 256", "max_queue_size: 1"),
+    )
+    repository = edited_repository(tmp_path / "model_repository", "reranker/configs/cpu.pbtxt", one_each)
     server = start_server(tiny_checkpoint, tmp_path / "server.log", "--model-repository", str(repository))
     rng = random.Random(9)
     jobs = [[text(rng, 2500) for _ in range(4)] for _ in range(24)]

@@ -64,7 +64,9 @@ class TritonPythonModel:
         self.logger = pb_utils.Logger
         self.metrics = Metrics(pb_utils)
         self.instance = args.get("model_instance_name", "reranker")
-        self._report_in_flight(0)  # present before any request
+        self._handing_over = 0
+        self.loop = None  # the scoring thread starts after the warm-up
+        self._report_in_flight()  # present before any request
         for size, _ in SIZE_CLASSES:
             self.metrics.declare("mmrerank_request_wait_seconds", size=size)
         started = time.perf_counter()
@@ -85,27 +87,33 @@ class TritonPythonModel:
 
     def execute(self, requests):
         arrived = time.monotonic()  # a direct call's deadline counts from here
+        # Requests of this call not yet in the pool: `submit` may wait for room, and they count as in flight.
+        self._handing_over = len(requests)
+        self._report_in_flight()
         for request in requests:
-            sender = request.get_response_sender()
-            if request.is_cancelled():  # the client gave up while this waited in the queue
-                self.metrics.add("mmrerank_requests_cancelled_total", 1)
-                _send(sender, _error("request cancelled", pb_utils.TritonError.CANCELLED))
-                continue
-            try:
-                prepared = self._prepare(request, arrived)
-            except InvalidRequestError as error:
-                self.metrics.add("mmrerank_requests_rejected_total", 1, step="reranker", reason=error.reason)
-                _send(sender, _error(str(error), pb_utils.TritonError.INVALID_ARG))
-                continue
-            except Exception:  # noqa: BLE001 - this request alone fails; the others are still scored
-                self.logger.log_error(f"reranker failed to read a request:\n{traceback.format_exc()}")
-                _send(sender, _error("internal error while reading the request", pb_utils.TritonError.INTERNAL))
-                continue
-            self.loop.submit(
-                prepared, lambda outcome, sender=sender, prepared=prepared: self._answer(sender, prepared, outcome)
-            )
-            self._report_in_flight(self.loop.in_flight)
+            self._hand_over(request, arrived)
+            self._handing_over -= 1
+            self._report_in_flight()
         return None
+
+    def _hand_over(self, request, arrived):
+        """Answer `request` at once if it cannot be scored, else submit it to the scoring thread."""
+        sender = request.get_response_sender()
+        if request.is_cancelled():  # the client gave up while this waited in the queue
+            self.metrics.add("mmrerank_requests_cancelled_total", 1)
+            _send(sender, _error("request cancelled", pb_utils.TritonError.CANCELLED))
+            return
+        try:
+            prepared = self._prepare(request, arrived)
+        except InvalidRequestError as error:
+            self.metrics.add("mmrerank_requests_rejected_total", 1, step="reranker", reason=error.reason)
+            _send(sender, _error(str(error), pb_utils.TritonError.INVALID_ARG))
+            return
+        except Exception:  # noqa: BLE001 - this request alone fails; the others are still scored
+            self.logger.log_error(f"reranker failed to read a request:\n{traceback.format_exc()}")
+            _send(sender, _error("internal error while reading the request", pb_utils.TritonError.INTERNAL))
+            return
+        self.loop.submit(prepared, lambda outcome: self._answer(sender, prepared, outcome))
 
     def finalize(self):
         self.loop.stop()
@@ -137,7 +145,7 @@ class TritonPythonModel:
             _send(sender, response)
         except Exception:  # noqa: BLE001 - a response that cannot be sent fails that request alone
             self.logger.log_error(f"reranker could not send a response:\n{traceback.format_exc()}")
-        self._report_in_flight(self.loop.in_flight)
+        self._report_in_flight()
         tokens = sum(len(row) for row in request.rows)
         self.metrics.observe("mmrerank_request_wait_seconds", outcome.waited, size=size_class(tokens))
         if outcome.abandoned:
@@ -152,8 +160,10 @@ class TritonPythonModel:
         self.metrics.add("mmrerank_tokens_processed_total", tokens)
         self.metrics.add("mmrerank_micro_batches_total", 1, layer=batch.layer)
 
-    def _report_in_flight(self, count):
-        self.metrics.report_executing(count, step="reranker", instance=self.instance)
+    def _report_in_flight(self):
+        """Requests this instance holds: in its pool, or in an `execute` that waits to hand them over."""
+        in_pool = self.loop.in_flight if self.loop is not None else 0
+        self.metrics.report_executing(in_pool + self._handing_over, step="reranker", instance=self.instance)
 
 
 def _deadline(request):
