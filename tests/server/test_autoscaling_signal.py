@@ -7,6 +7,7 @@ discovery labels them, and the rule group evaluated every second instead of ever
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -98,65 +100,80 @@ def small_queue(config: str) -> str:
     return re.sub(r"max_queue_size: \d+", "max_queue_size: 1", config)
 
 
-def load(url: str, stop: threading.Event, refused: list[int]) -> None:
-    documents = rag_documents(random.Random(url), 40)
-    with RerankClient(url, timeout=120) as client:
-        while not stop.is_set():
-            try:
-                client.rerank("river", documents)
-            except RerankError:
-                refused.append(1)
+@contextlib.contextmanager
+def clients_loading(url: str, count: int) -> Iterator[list[int]]:
+    """`count` clients sending requests of 40 passages back to back while the block runs; yields their refusals."""
+    stop, refused = threading.Event(), []
+
+    def load(seed: int) -> None:
+        documents = rag_documents(random.Random(seed), 40)
+        with RerankClient(url, timeout=120) as client:
+            while not stop.is_set():
+                try:
+                    client.rerank("river", documents)
+                except RerankError:
+                    refused.append(1)
+
+    clients = [threading.Thread(target=load, args=(seed,)) for seed in range(count)]
+    for client in clients:
+        client.start()
+    try:
+        yield refused
+    finally:
+        stop.set()
+        for client in clients:
+            client.join(timeout=120)
 
 
 def test_the_signal_rises_for_the_loaded_replica_only_and_falls_back(tiny_checkpoint, tmp_path):
     repository = edited_repository(tmp_path / "model_repository", "reranker/configs/cpu.pbtxt", small_queue)
-    busy = start_server(tiny_checkpoint, tmp_path / "busy.log", "--model-repository", str(repository), api_front=False)
-    idle = start_server(tiny_checkpoint, tmp_path / "idle.log", api_front=False)
-    prometheus = Prometheus(tmp_path, {BUSY: busy, IDLE: idle})
-    stop, refused = threading.Event(), []
-    clients = [threading.Thread(target=load, args=(f"grpc://{busy.grpc_url}", stop, refused)) for _ in range(16)]
     in_flight_threshold = keda_queries()["requests-in-flight"][1]
-    try:
+    with contextlib.ExitStack() as running:  # everything started stops, whatever fails
+        busy = start_server(tiny_checkpoint, tmp_path / "busy.log", "--model-repository", str(repository),
+                            api_front=False)  # fmt: skip
+        running.callback(busy.stop)
+        idle = start_server(tiny_checkpoint, tmp_path / "idle.log", api_front=False)
+        running.callback(idle.stop)
+        prometheus = Prometheus(tmp_path, {BUSY: busy, IDLE: idle})
+        running.callback(prometheus.stop)
         # No traffic yet: every recorded signal is 0 for both pods (not absent, not NaN).
         for record in ("mmrerank:reranker_wait_seconds_per_request:rate1m", "mmrerank:requests_in_flight",
                        "mmrerank:rejected_requests:rate1m"):  # fmt: skip
             values = prometheus.wait_for(lambda r=record: len(prometheus.query(r)) == 2 and prometheus.query(r), record)
             assert values == {BUSY: 0.0, IDLE: 0.0}, (record, values)
-        for client in clients:
-            client.start()
-        # Counted wherever they wait: queued, in a pool, or held by an `execute` waiting for room in the pool.
-        in_flight = prometheus.wait_for(
-            lambda: (v := prometheus.query("mmrerank:requests_in_flight")) and v[BUSY] >= in_flight_threshold and v,
-            "requests in flight over the threshold",
-        )
-        assert in_flight[IDLE] == 0
-        rejected = prometheus.wait_for(
-            lambda: (v := prometheus.query("mmrerank:rejected_requests:rate1m")) and v[BUSY] > 0 and v, "rejections"
-        )
-        assert rejected[IDLE] == 0 and refused, "the queue-full refusals the clients saw are counted"
-        waits = prometheus.wait_for(
-            lambda: (v := prometheus.query("mmrerank:reranker_wait_seconds_per_request:rate1m")) and v[BUSY] > 0 and v,
-            "wait per request",
-        )
-        assert waits[IDLE] == 0
-        # What KEDA reads over both pods: above the shipped thresholds.
-        wait_threshold, reject_threshold = keda_queries()["wait-per-request"][1], keda_queries()["rejected-requests"][1]
-        prometheus.wait_for(lambda: keda(prometheus, "wait-per-request") > wait_threshold, "wait over its threshold")
-        prometheus.wait_for(lambda: keda(prometheus, "rejected-requests") > reject_threshold, "refusals over theirs")
-        prometheus.wait_for(lambda: keda(prometheus, "requests-in-flight") >= in_flight_threshold, "in flight")
-    finally:
-        stop.set()
-        for client in clients:
-            if client.is_alive():
-                client.join(timeout=120)
-    try:
+        with clients_loading(f"grpc://{busy.grpc_url}", count=16) as refused:
+            # Counted wherever they wait: queued, in a pool, or held by an `execute` waiting for room in the pool.
+            in_flight = prometheus.wait_for(
+                lambda: (v := prometheus.query("mmrerank:requests_in_flight")) and v[BUSY] >= in_flight_threshold and v,
+                "requests in flight over the threshold",
+            )
+            assert in_flight[IDLE] == 0
+            rejected = prometheus.wait_for(
+                lambda: (v := prometheus.query("mmrerank:rejected_requests:rate1m")) and v[BUSY] > 0 and v, "rejections"
+            )
+            assert rejected[IDLE] == 0 and refused, "the queue-full refusals the clients saw are counted"
+            waits = prometheus.wait_for(
+                lambda: (
+                    (v := prometheus.query("mmrerank:reranker_wait_seconds_per_request:rate1m")) and v[BUSY] > 0 and v
+                ),
+                "wait per request",
+            )
+            assert waits[IDLE] == 0
+            # What KEDA reads over both pods: above the shipped thresholds.
+            wait_threshold, reject_threshold = (
+                keda_queries()["wait-per-request"][1],
+                keda_queries()["rejected-requests"][1],
+            )
+            prometheus.wait_for(
+                lambda: keda(prometheus, "wait-per-request") > wait_threshold, "wait over its threshold"
+            )
+            prometheus.wait_for(
+                lambda: keda(prometheus, "rejected-requests") > reject_threshold, "refusals over theirs"
+            )
+            prometheus.wait_for(lambda: keda(prometheus, "requests-in-flight") >= in_flight_threshold, "in flight")
         # After the load: back to 0 once the one-minute windows have passed.
         prometheus.wait_for(lambda: keda(prometheus, "requests-in-flight") == 0 or None, "in flight back to 0", 30)
         prometheus.wait_for(
             lambda: (keda(prometheus, "rejected-requests") == 0 and keda(prometheus, "wait-per-request") == 0) or None,
             "rates back to 0", 120,
         )  # fmt: skip
-    finally:
-        prometheus.stop()
-        busy.stop()
-        idle.stop()
