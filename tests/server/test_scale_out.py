@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import cohere
@@ -117,7 +118,19 @@ def failures_over_time(prefix: Path) -> list[tuple[float, int, int]]:
 
 
 def finish(run: subprocess.Popen) -> str:
-    output, _ = run.communicate(timeout=120)
+    """Locust's summary once it exits; the per-second history the assertions read is written as it runs.
+
+    In one run of four, Locust had recorded its whole 25 s (1,275 requests, 0 failed) and then did
+    not exit within 120 s; it is stopped then, and the test says so as a warning.
+    """
+    try:
+        output, _ = run.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        output, _ = run.communicate()
+        warnings.warn(
+            "Locust did not exit within 120 s of its run's end; its per-second history is judged", stacklevel=2
+        )
     return output[-3000:]
 
 
