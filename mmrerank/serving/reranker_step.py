@@ -278,8 +278,12 @@ class RerankerStep:
             ran = self.run_next()
             if ran is not None:
                 batches.append(ran)
-        processed = sum(batch.padded_tokens if self._pads else batch.real_tokens for batch in batches)
+        processed = sum(self.tokens_processed(batch) for batch in batches)
         return ScoredBatch([outcomes[i] for i in range(len(requests))], batches, processed)
+
+    def tokens_processed(self, batch: MicroBatch) -> int:
+        """What the encoder ran for `batch`: padded tokens for a padding kernel, else real ones."""
+        return batch.padded_tokens if self._pads else batch.real_tokens
 
     def _priority(self, job: _InFlight) -> tuple[bool, int, int, int]:
         return job.priority(self.max_batch_tokens)

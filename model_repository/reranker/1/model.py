@@ -156,8 +156,7 @@ class TritonPythonModel:
         self.metrics.add("mmrerank_tokens_scored_total", tokens, **exit_labels)
 
     def _record_batch(self, batch):
-        tokens = batch.padded_tokens if self.step.reranker.kernel.pads else batch.real_tokens
-        self.metrics.add("mmrerank_tokens_processed_total", tokens)
+        self.metrics.add("mmrerank_tokens_processed_total", self.step.tokens_processed(batch))
         self.metrics.add("mmrerank_micro_batches_total", 1, layer=batch.layer)
 
     def _report_in_flight(self):
