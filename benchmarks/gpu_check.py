@@ -101,7 +101,7 @@ class ParityPairs:
 
 def parity_pairs(layout: CheckpointLayout, random_pairs: int, long_tokens: int) -> ParityPairs:
     """Window-edge lengths, `random_pairs` pairs of 16-400 tokens and one long pair, scored by fp32 on the CPU."""
-    reference = MatryoshkaReranker.from_pretrained(layout, device="cpu", dtype=torch.float32)
+    reference = MatryoshkaReranker.from_pretrained(layout, device="cpu", precision="fp32")
     rng = np.random.default_rng(0)
     vocab = min(layout.encoder_config.vocab_size, 8000)
     lengths = [*WINDOW_EDGE_LENGTHS, *(int(n) for n in rng.integers(16, 400, size=random_pairs)), long_tokens]

@@ -6,7 +6,7 @@
     scores = model.compute_score(pairs, tokenizer, layer_idx=11, dim_idx=256, normalize=True)
     top = model.rerank(query, passages, top_k=2)
 
-Scores equal the served ones for the same checkpoint, exit and dtype: the same pair tokenizer (the
+Scores equal the served ones for the same checkpoint, exit and precision: the same pair tokenizer (the
 checkpoint's own, cutting the document and never the query) and the same `MatryoshkaReranker`. A
 pair is capped at the encoder's full context unless `max_length` says otherwise (the card's code cut
 at 512 tokens).
@@ -41,12 +41,12 @@ class Matryoshka2DReranker:
         cls,
         name_or_path: str | os.PathLike[str],
         device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
+        precision: str | None = None,
         attention: str = "auto",
     ) -> Matryoshka2DReranker:
-        """Load a checkpoint directory or hub id: bf16 on a GPU, fp32 on the CPU unless `dtype` says otherwise."""
+        """Load a checkpoint directory or hub id: bf16 on a GPU, fp32 on the CPU unless `precision` says otherwise."""
         layout = CheckpointLayout.open(name_or_path)
-        return cls(layout, MatryoshkaReranker.from_pretrained(layout, device, dtype, attention), attention)
+        return cls(layout, MatryoshkaReranker.from_pretrained(layout, device, precision, attention), attention)
 
     @property
     def device(self) -> torch.device:
@@ -58,7 +58,7 @@ class Matryoshka2DReranker:
         return self
 
     def to(self, device: str | torch.device) -> Matryoshka2DReranker:
-        """The same checkpoint on `device` (in that device's default dtype when it changes)."""
+        """The same checkpoint on `device` (in that device's default precision when it changes)."""
         target = torch.device(device)
         if target == self.device:
             return self

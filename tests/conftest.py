@@ -51,6 +51,14 @@ def reranker(tiny_checkpoint: Path):
 
 
 @pytest.fixture(scope="session")
+def served_reranker(tiny_checkpoint: Path):
+    """The library at the precision the CPU config's `auto` resolves to on this host (int8 where AVX2 runs)."""
+    from mmrerank.model import MatryoshkaReranker
+
+    return MatryoshkaReranker.from_pretrained(tiny_checkpoint, device="cpu", precision="auto")
+
+
+@pytest.fixture(scope="session")
 def pair_tokenizer(tiny_checkpoint: Path):
     """The library's pair tokenizer for the tiny checkpoint."""
     from mmrerank.serving.pair_tokenizer import PairTokenizer

@@ -24,7 +24,7 @@ from mmrerank.launch.repository import RepositoryError, materialize
 from mmrerank.launch.supervisor import Companion, LaunchError, Supervisor
 from mmrerank.layout import CheckpointError, CheckpointLayout
 from mmrerank.serving.deadlines import CANCEL_DIRECTORY_ENV, SHUTDOWN_NOTICE_ENV, ShutdownNotice
-from mmrerank.serving.settings import CHECKPOINT_ENV
+from mmrerank.serving.settings import CHECKPOINT_ENV, PRECISIONS
 
 LOGGER = logging.getLogger("mmrerank.serve")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -211,6 +211,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-batch-tokens", type=int, help="the reranker's tokens per micro-batch, overriding its config"
     )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="the reranker's precision, overriding its config (auto: by the device and the processor's features)",
+    )
     parser.add_argument("--ready-timeout", type=float, default=600.0, help="seconds to wait for readiness")
     parser.add_argument("--log-verbose", type=int, default=0)
     parser.add_argument(
@@ -235,7 +240,11 @@ def run(args: argparse.Namespace) -> int:
             print(command.shell(secret=os.environ.get(API_KEY_ENV)))  # noqa: T201 - this is the command's output
             return 0
         try:
-            overrides = {"attention": args.attention, "max_batch_tokens": args.max_batch_tokens}
+            overrides = {
+                "attention": args.attention,
+                "max_batch_tokens": args.max_batch_tokens,
+                "precision": args.precision,
+            }
             repository = materialize(
                 args.model_repository, layout, Path(scratch) / "model_repository", served_config_name(args),
                 {key: str(value) for key, value in overrides.items() if value is not None},

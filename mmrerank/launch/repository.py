@@ -84,7 +84,7 @@ def materialize(
     """Copy `source` to `target` and append the served checkpoint's facts to the `rerank` config.
 
     The reranker's configs get the tokenizer's caps (DIRECT_CALL_CAPS) and `reranker_parameters`
-    (the launcher's --attention and --max-batch-tokens).
+    (the launcher's --attention, --max-batch-tokens and --precision).
     """
     config = source / PUBLIC_MODEL / "config.pbtxt"
     if not config.is_file():

@@ -81,6 +81,19 @@ class PackedRows:
         rows = PackedRows.from_lengths(self.lengths.clamp(max=reach), host_lengths)
         return self.starts[rows.sequence] + rows.positions, rows
 
+    def groups_by_length(self) -> dict[int, torch.Tensor]:
+        """For each sequence length, the packed indices of the tokens of every sequence that long, in order."""
+        starts: dict[int, list[int]] = {}
+        offset = 0
+        for length in self.host_lengths:
+            starts.setdefault(length, []).append(offset)
+            offset += length
+        device = self.lengths.device
+        return {
+            length: (torch.tensor(firsts, device=device)[:, None] + torch.arange(length, device=device)).reshape(-1)
+            for length, firsts in starts.items()
+        }
+
     @property
     def max_length(self) -> int:
         """The longest sequence."""
@@ -112,6 +125,9 @@ class AttentionKernel(ABC):
     name: ClassVar[str]
     # Whether the kernel pads its micro-batches: the planner then budgets padded tokens, not real ones.
     pads: ClassVar[bool] = False
+    # Whether a sequence's result is bit for bit the same whatever shares its micro-batch (int8 needs
+    # it: a last-bit change before a per-token quantisation can move a rounding, and the score with it).
+    batch_invariant: ClassVar[bool] = False
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -177,9 +193,14 @@ class PaddedKernel(AttentionKernel):
 
 
 class PackedSdpaKernel(AttentionKernel):
-    """One SDPA call per sequence: no padding, a kernel launch per sequence and layer."""
+    """One SDPA call per sequence length: no padding, and a sequence's result never depends on the others.
+
+    Sequences of the same length share a call (each is computed as if alone); a sliding window wider
+    than a sequence is global attention for it.
+    """
 
     name = "packed-sdpa"
+    batch_invariant = True
 
     def attend(
         self,
@@ -190,18 +211,18 @@ class PackedSdpaKernel(AttentionKernel):
         half_window: int | None,
         stop_check: StopCheck | None = None,
     ) -> torch.Tensor:
-        outputs = []
-        start = 0
-        for length in rows.host_lengths:
-            q, k, v = (t[start : start + length].transpose(0, 1)[None] for t in (query, key, value))
-            if half_window is None:
-                attended = global_attention(q, k, v, None, stop_check)
+        attended = torch.empty_like(query)
+        for length, index in rows.groups_by_length().items():
+            count = len(index) // length
+            q, k, v = (t[index].view(count, length, *t.shape[1:]).transpose(1, 2) for t in (query, key, value))
+            if half_window is None or length <= half_window + 1:
+                out = global_attention(q, k, v, None, stop_check)
             else:
-                valid = torch.ones(1, length, dtype=torch.bool, device=query.device)
-                attended = local_attention(q, k, v, valid, half_window)
-            outputs.append(attended[0].transpose(0, 1))
-            start += length
-        return torch.cat(outputs)
+                out = local_attention(
+                    q, k, v, torch.ones(count, length, dtype=torch.bool, device=q.device), half_window
+                )
+            attended[index] = out.transpose(1, 2).reshape(-1, *query.shape[1:])
+        return attended
 
 
 def _gpu_half_precision_reason(device: torch.device, dtype: torch.dtype) -> str | None:
@@ -328,18 +349,24 @@ class FlashKernel(VarlenKernel):
 KERNELS: dict[str, type[AttentionKernel]] = {
     kernel.name: kernel for kernel in (PaddedKernel, PackedSdpaKernel, VarlenKernel, FlashKernel)
 }
-# What "auto" picks, in order of preference: the first that runs on the device and dtype.
+# What "auto" picks, in order of preference: the first that runs on the device and dtype (and, where
+# asked for, is batch invariant).
 AUTO_ORDER = ("varlen", "flash", "padded")
+BATCH_INVARIANT_AUTO_ORDER = ("varlen", "flash", "packed-sdpa")
 
 
-def choose_kernel(requested: str, device: torch.device, dtype: torch.dtype) -> AttentionKernel:
+def choose_kernel(
+    requested: str, device: torch.device, dtype: torch.dtype, batch_invariant: bool = False
+) -> AttentionKernel:
     """The kernel named (checked against the device), or for "auto" the first of AUTO_ORDER that runs here.
 
-    For "auto", one log line says what was chosen and why each kernel before it was passed over.
+    With `batch_invariant`, "auto" picks only kernels whose result for a sequence is the same in any
+    company (BATCH_INVARIANT_AUTO_ORDER); a named kernel is taken as named. For "auto", one log line
+    says what was chosen and why each kernel before it was passed over.
     """
     if requested == "auto":
         passed_over = []
-        for name in AUTO_ORDER:
+        for name in BATCH_INVARIANT_AUTO_ORDER if batch_invariant else AUTO_ORDER:
             reason = KERNELS[name].unavailable_reason(device, dtype)
             if reason is None:
                 LOGGER.info("attention kernel %s on %s %s%s", name, device.type, str(dtype).removeprefix("torch."),

@@ -1,4 +1,4 @@
-"""The 2D-Matryoshka reranker: encoder plus heads, on a chosen device, dtype and attention kernel."""
+"""The 2D-Matryoshka reranker: encoder plus heads, on a chosen device, precision and attention kernel."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from mmrerank.model.attention import StopCheck
 from mmrerank.model.encoder import Encoder
 from mmrerank.model.heads import MatryoshkaHeads
 from mmrerank.model.kernels import AttentionKernel, PackedRows, choose_kernel
+from mmrerank.model.precision import Precision, choose_precision, quantize_linears
 from mmrerank.model.weights import Checkpoint, load_checkpoint
 
 
@@ -21,25 +22,30 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on GPUs, fp32 on the CPU."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
+def default_precision(device: torch.device) -> str:
+    """The library's default: bf16 on GPUs, fp32 (the reference) on the CPU."""
+    return "bf16" if device.type == "cuda" else "fp32"
 
 
 class MatryoshkaReranker:
     """Scores token-id rows at any (exit layer, head width) of the checkpoint."""
 
     def __init__(
-        self, checkpoint: Checkpoint, device: torch.device, dtype: torch.dtype, attention: str = "auto"
+        self, checkpoint: Checkpoint, device: torch.device, precision: Precision, attention: str = "auto"
     ) -> None:
         self.spec: MatryoshkaSpec = checkpoint.spec
         self.config: EncoderConfig = checkpoint.encoder_config
         self.device = device
-        self.dtype = dtype
-        self.kernel: AttentionKernel = choose_kernel(attention, device, dtype)
+        self.precision = precision
+        self.dtype = precision.dtype
+        # int8 rounds every token's activations: only a kernel that computes each sequence alone keeps
+        # a pair's score independent of its micro-batch.
+        self.kernel: AttentionKernel = choose_kernel(attention, device, self.dtype, precision.name == "int8")
         self.encoder = Encoder(self.config, self.kernel)
         self.encoder.load_state_dict(checkpoint.encoder_state, strict=True)
-        self.encoder.to(device=device, dtype=dtype).eval()
+        self.encoder.to(device=device, dtype=self.dtype).eval()
+        if precision.name == "int8":
+            quantize_linears(self.encoder.layers)
         self.heads = MatryoshkaHeads(self.spec)
         self.heads.load_state_dict(checkpoint.head_state, strict=True)
         self.heads.to(device=device, dtype=torch.float32).eval()
@@ -49,15 +55,19 @@ class MatryoshkaReranker:
         cls,
         name_or_path: str | os.PathLike[str] | CheckpointLayout,
         device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
+        precision: str | None = None,
         attention: str = "auto",
     ) -> MatryoshkaReranker:
-        """Load a checkpoint directory (or hub id); bf16 on GPU and fp32 on CPU unless told otherwise.
+        """Load a checkpoint directory (or hub id) on `device` (default: the first GPU, else the CPU).
 
-        `attention` is auto (varlen, else FlashAttention-2, where they run; else padded), or a name in `KERNELS`.
+        `precision` is fp32, bf16, fp16, int8 (CPU only) or auto (what the server's config uses:
+        bf16 on a GPU; on a CPU int8, bf16 or fp32 by its features, see `choose_precision`); by
+        default bf16 on a GPU and fp32 on the CPU. `attention` is auto (varlen, else
+        FlashAttention-2, where they run; else padded, or packed-sdpa for int8), or a name in `KERNELS`.
         """
         resolved = torch.device(device) if device is not None else default_device()
-        return cls(load_checkpoint(name_or_path), resolved, dtype or default_dtype(resolved), attention)
+        chosen = choose_precision(precision or default_precision(resolved), resolved)
+        return cls(load_checkpoint(name_or_path), resolved, chosen, attention)
 
     @torch.inference_mode()
     def logits(

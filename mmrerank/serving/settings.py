@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from typing import Any
 
 CHECKPOINT_ENV = "MMRERANK_CHECKPOINT"
+# The reranker's `precision` parameter (mmrerank.model.precision resolves them; the launcher, which
+# imports no torch, offers them).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 class SettingsError(ValueError):
@@ -40,3 +43,13 @@ def checkpoint_location(parameters: Mapping[str, str]) -> str:
             "environment variable to a checkpoint directory or hub id"
         )
     return location
+
+
+def cpu_threads_per_instance(model_config: Mapping[str, Any], cores: int) -> int:
+    """PyTorch threads for one CPU instance: the cores shared among the config's CPU instances, at least one.
+
+    Left alone, every instance would start one thread per core and the instances would contend.
+    """
+    groups = model_config.get("instance_group", [])
+    instances = sum(int(group.get("count", 1)) for group in groups if group.get("kind", "KIND_CPU") == "KIND_CPU")
+    return max(1, cores // max(1, instances))

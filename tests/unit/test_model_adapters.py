@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 from triton_stub import FakeRequest, MetricFamily, answers, load_adapter, model_args
 
 from mmrerank.model import MatryoshkaReranker
@@ -27,10 +28,12 @@ def tokenizer_model(pb_utils, tiny_checkpoint, monkeypatch):
 @pytest.fixture()
 def reranker_model(pb_utils, tiny_checkpoint, monkeypatch):
     monkeypatch.setenv("MMRERANK_CHECKPOINT", str(tiny_checkpoint))
+    threads = torch.get_num_threads()  # the adapter sets its instance's share of the cores
     model = load_adapter("reranker")
     model.initialize(model_args("reranker", "configs/cpu.pbtxt"))
     yield model
     model.finalize()
+    torch.set_num_threads(threads)
 
 
 def test_tokenizer_answers_each_request_on_its_own(tokenizer_model, pair_tokenizer):
@@ -53,7 +56,7 @@ def test_tokenizer_answers_each_request_on_its_own(tokenizer_model, pair_tokeniz
     assert sum(rejected.values()) == 2
 
 
-def test_reranker_scores_valid_requests_together_and_refuses_the_rest(reranker_model, reranker, pair_tokenizer):
+def test_reranker_scores_valid_requests_together_and_refuses_the_rest(reranker_model, served_reranker, pair_tokenizer):
     first = pair_tokenizer.encode("river", ["water", "the river flows into the sea"], 512)
     second = pair_tokenizer.encode("city", ["a city of bridges"], 512)
     bad_ids = first.input_ids.copy()
@@ -74,10 +77,10 @@ def test_reranker_scores_valid_requests_together_and_refuses_the_rest(reranker_m
         ],
     )
     assert len(responses) == 4
-    expected_first = sigmoid(reranker.logits(first.input_ids, first.lengths, 2, [16, 16]))
+    expected_first = sigmoid(served_reranker.logits(first.input_ids, first.lengths, 2, [16, 16]))
     np.testing.assert_allclose(responses[0].output("scores"), expected_first.reshape(1, -1), rtol=1e-5)
     assert responses[1].error.code() == "INVALID_ARG" and "token ids must lie between" in responses[1].error.message()
-    expected_second = reranker.logits(second.input_ids, second.lengths, 6, [128])
+    expected_second = served_reranker.logits(second.input_ids, second.lengths, 6, [128])
     np.testing.assert_allclose(responses[2].output("scores"), expected_second.reshape(1, -1), rtol=1e-5)
     assert responses[3].error.code() == "CANCELLED"
     pairs = {key[1]: value for key, value in MetricFamily.values.items() if key[0] == "mmrerank_pairs_scored_total"}
@@ -167,7 +170,7 @@ def test_the_reranker_checks_lengths_itself(reranker_model, ids, lengths, parame
 
 
 def test_the_reranker_trusts_the_options_the_tokenizer_step_validated(
-    tokenizer_model, reranker_model, reranker, pair_tokenizer
+    tokenizer_model, reranker_model, served_reranker, pair_tokenizer
 ):
     (tokenized,) = tokenizer_model.execute(
         [
@@ -182,7 +185,7 @@ def test_the_reranker_trusts_the_options_the_tokenizer_step_validated(
     # The parameters travel too, but the reranker reads none of them when `_options` is there.
     (scored,) = answers(reranker_model, [FakeRequest(tensors, {"layer": 999})])
     encoded = pair_tokenizer.encode("river", ["water", "sea"], 64)
-    expected = reranker.logits(encoded.input_ids, encoded.lengths, 2, [16, 16])
+    expected = served_reranker.logits(encoded.input_ids, encoded.lengths, 2, [16, 16])
     np.testing.assert_allclose(scored.output("scores"), expected.reshape(1, -1), rtol=1e-5)
 
 

@@ -7,6 +7,7 @@ requests while earlier ones run.
 """
 
 import json
+import os
 import time
 import traceback
 
@@ -20,9 +21,14 @@ from mmrerank.serving.deadlines import NO_DEADLINE, CancelNotices, ShutdownNotic
 from mmrerank.serving.metrics import SIZE_CLASSES, Metrics, size_class
 from mmrerank.serving.reranker_step import DirectCaps, RerankerStep
 from mmrerank.serving.scoring_loop import ScoringLoop
-from mmrerank.serving.settings import SettingsError, checkpoint_location, integer_setting, model_parameters
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from mmrerank.serving.settings import (
+    PRECISIONS,
+    SettingsError,
+    checkpoint_location,
+    cpu_threads_per_instance,
+    integer_setting,
+    model_parameters,
+)
 
 
 def _device(args):
@@ -31,23 +37,25 @@ def _device(args):
     return torch.device("cpu")
 
 
-def _dtype(name):
-    if name in ("", "auto"):
-        return None
-    if name not in DTYPES:
-        raise SettingsError(f"model config parameter 'dtype' must be auto or one of {sorted(DTYPES)}, got {name!r}")
-    return DTYPES[name]
+def _precision(name):
+    if name not in PRECISIONS:
+        raise SettingsError(f"model config parameter 'precision' must be one of {list(PRECISIONS)}, got {name!r}")
+    return name
 
 
 class TritonPythonModel:
     """Validates each request, scores it in the instance's pool, answers it when its pairs are done."""
 
     def initialize(self, args):
-        settings = model_parameters(json.loads(args["model_config"]))
+        model_config = json.loads(args["model_config"])
+        settings = model_parameters(model_config)
+        device = _device(args)
+        if device.type == "cpu":  # the instances share the cores instead of each taking them all
+            torch.set_num_threads(cpu_threads_per_instance(model_config, len(os.sched_getaffinity(0))))
         reranker = MatryoshkaReranker.from_pretrained(
             CheckpointLayout.open(checkpoint_location(settings)),
-            device=_device(args),
-            dtype=_dtype(settings.get("dtype", "auto")),
+            device=device,
+            precision=_precision(settings.get("precision", "auto") or "auto"),
             attention=settings.get("attention", "auto") or "auto",
         )
         self.step = RerankerStep(
@@ -80,7 +88,8 @@ class TritonPythonModel:
             ),
         )
         self.logger.log_info(
-            f"reranker ready on {reranker.device} ({reranker.dtype}, {reranker.kernel.name} attention); exits: "
+            f"reranker ready on {reranker.device} ({torch.get_num_threads()} threads), precision "
+            f"{reranker.precision.name} ({reranker.precision.reason}), {reranker.kernel.name} attention; exits: "
             f"layers {list(reranker.spec.layer_indices)} x widths {list(reranker.spec.dim_indices)}; "
             f"warmed up {warmed} exits in {time.perf_counter() - started:.2f} s"
         )
