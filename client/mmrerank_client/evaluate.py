@@ -8,6 +8,11 @@ marked) to the output directory.
 
     rerank evaluate DATASET_DIR [--url URL] [--split test] [--run RUN_FILE] [--exits all | L:D,...]
                     [--cascade L:D:K>L:D ...] [--output OUT_DIR] [--depth 100] [--concurrency 4]
+                    [--baseline EARLIER/evaluation.json]
+
+With `--baseline` (an earlier report on the same data and candidates, e.g. another server's or
+another precision's), each setting also gets its nDCG@10 difference from the baseline's same setting,
+with a 95 % paired bootstrap interval over the queries.
 """
 
 from __future__ import annotations
@@ -123,6 +128,48 @@ def measure(qrels: dict[str, dict[str, int]], run: Run) -> dict[str, float]:
     return {str(name): float(value) for name, value in values.items()}
 
 
+def ndcg_per_query(qrels: dict[str, dict[str, int]], run: Run) -> dict[str, float]:
+    """nDCG@10 of each query of `run` (what a paired comparison resamples)."""
+    import ir_measures
+
+    return {str(m.query_id): float(m.value) for m in ir_measures.iter_calc([ir_measures.nDCG @ 10], qrels, run)}
+
+
+def paired_bootstrap(differences: Sequence[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of per-query `differences` and its 95 % bootstrap interval (queries resampled with replacement)."""
+    rng = random.Random(seed)
+    count = len(differences)
+    means = sorted(sum(rng.choices(differences, k=count)) / count for _ in range(resamples))
+    return sum(differences) / count, means[int(0.025 * resamples)], means[int(0.975 * resamples) - 1]
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    """An earlier `evaluation.json`, checked before any request is sent."""
+    try:
+        baseline = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the baseline {path}: {error}") from error
+    if not all("per_query" in entry for entry in baseline.get("settings", [])) or "first_stage" not in baseline:
+        raise ValueError(f"{path} has no per-query values: write it again with this version of rerank evaluate")
+    return baseline
+
+
+def compare_with_baseline(report: dict[str, Any], baseline: dict[str, Any]) -> None:
+    """Give each setting of `report` that `baseline` also has its nDCG@10 difference, paired by query."""
+    for key in ("dataset", "split", "first_stage", "candidates_per_query"):
+        if report[key] != baseline[key]:
+            raise ValueError(f"the baseline's {key} is {baseline[key]!r}, not {report[key]!r}: not the same candidates")
+    earlier = {entry["label"]: entry["per_query"]["nDCG@10"] for entry in baseline["settings"]}
+    for entry in report["settings"]:
+        if entry["label"] not in earlier:
+            continue
+        now = entry["per_query"]["nDCG@10"]
+        shared = sorted(set(now) & set(earlier[entry["label"]]))
+        delta, low, high = paired_bootstrap([now[qid] - earlier[entry["label"]][qid] for qid in shared])
+        entry["versus_baseline"] = {"delta_nDCG@10": delta, "low": low, "high": high, "queries": len(shared)}
+    report["baseline"] = {"url": baseline["url"], "checkpoint": baseline["checkpoint"]}
+
+
 def run_of_response(candidates: Sequence[str], response: RerankResponse, by_rank: bool) -> dict[str, float]:
     """Document id -> score: the served scores, or for a cascade scores that keep the served order."""
     count = len(response.results)
@@ -187,21 +234,26 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[bool]:
 
 def markdown_table(report: dict[str, Any]) -> str:
     """The report as a Markdown table, best nDCG@10 first, Pareto-optimal settings marked."""
+    compared = "baseline" in report
+    delta_header, delta_rule = (" ΔnDCG@10 vs baseline (95 % CI) |", " ---: |") if compared else ("", "")
     lines = [
         f"Data set `{report['dataset']}` ({report['split']}), {report['queries']} queries, "
         f"{report['candidates_per_query']} candidates per query from {report['first_stage']}; "
-        f"served checkpoint `{report['checkpoint']}`.",
+        f"served checkpoint `{report['checkpoint']}`."
+        + (f" Baseline: `{report['baseline']['checkpoint']}` at {report['baseline']['url']}." if compared else ""),
         "",
-        "| setting | " + " | ".join(MEASURES) + " | docs/s | Pareto |",
-        "| --- | " + " | ".join("---:" for _ in MEASURES) + " | ---: | :---: |",
+        "| setting | " + " | ".join(MEASURES) + " | docs/s | Pareto |" + delta_header,
+        "| --- | " + " | ".join("---:" for _ in MEASURES) + " | ---: | :---: |" + delta_rule,
     ]
     for entry in sorted(report["settings"], key=lambda e: -e["metrics"]["nDCG@10"]):
         values = " | ".join(f"{entry['metrics'][name]:.4f}" for name in MEASURES)
         mark = "★" if entry["pareto"] else ""
-        lines.append(f"| {entry['label']} | {values} | {entry['docs_per_second']:.1f} | {mark} |")
+        versus = entry.get("versus_baseline")
+        delta = f" {versus['delta_nDCG@10']:+.4f} [{versus['low']:+.4f}, {versus['high']:+.4f}] |" if versus else " |"
+        lines.append(f"| {entry['label']} | {values} | {entry['docs_per_second']:.1f} | {mark} |" + delta * compared)
     for name, metrics in report["baselines"].items():
         values = " | ".join(f"{metrics[measure_name]:.4f}" for measure_name in MEASURES)
-        lines.append(f"| baseline: {name.replace('_', ' ')} | {values} | | |")
+        lines.append(f"| baseline: {name.replace('_', ' ')} | {values} | | |" + " |" * compared)
     return "\n".join(lines) + "\n"
 
 
@@ -278,6 +330,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
                         "dim": setting.dim,
                         "cascade": asdict(setting.cascade) if setting.cascade else None,
                         "metrics": measure(dataset.qrels, run),
+                        "per_query": {"nDCG@10": ndcg_per_query(dataset.qrels, run)},
                         "docs_per_second": docs_per_second,
                     }
                 )
@@ -326,6 +379,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--depth", type=int, default=100, help="candidates per query from the first stage")
     parser.add_argument("--concurrency", type=int, default=4, help="requests in flight")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    parser.add_argument(
+        "--baseline", type=Path, help="an earlier evaluation.json on the same candidates: per-setting ΔnDCG@10"
+    )
     args = parser.parse_args(argv)
     if args.depth < 1 or args.concurrency < 1:
         parser.error("--depth and --concurrency must be at least 1")
@@ -336,7 +392,10 @@ def main(argv: Sequence[str]) -> int:
     """`rerank evaluate ...`: 0 on success, 1 when the server fails, 2 for bad input."""
     args = parse_args(argv)
     try:
+        baseline = load_baseline(args.baseline) if args.baseline else None
         report = evaluate(args)
+        if baseline is not None:
+            compare_with_baseline(report, baseline)
         write_report(report, Path(args.output))
     except ImportError as error:
         print(f"rerank evaluate: {error.name or error} is missing: {EXTRA}", file=sys.stderr)

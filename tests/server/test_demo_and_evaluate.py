@@ -50,7 +50,7 @@ def test_the_readme_example_ranks_the_river_first(demo_server):
 
 
 def test_the_card_api_scores_as_the_server_does(demo_server):
-    model = Matryoshka2DReranker.from_pretrained(DEFAULT_DEMO_CHECKPOINT, device="cpu")
+    model = Matryoshka2DReranker.from_pretrained(DEFAULT_DEMO_CHECKPOINT, device="cpu", precision="auto")  # as served
     query, documents = "wie hoch ist der Berg Kamora?", ["Der Berg Kamora ist 4200 Meter hoch.", "Brot. " * 400]
     with RerankClient(f"grpc://{demo_server.grpc_url}") as client:
         for layer in model.reranker.spec.layer_indices:
@@ -93,7 +93,7 @@ def test_a_checkpoint_the_trainer_writes_is_served_with_parity(tiny_checkpoint, 
     trained = Trainer(tiny_checkpoint, settings, torch.device("cpu")).fit(examples, tmp_path / "trained", "fine-tuned")
     running = started(trained, tmp_path)
     try:
-        reranker = MatryoshkaReranker.from_pretrained(trained, device="cpu")
+        reranker = MatryoshkaReranker.from_pretrained(trained, device="cpu", precision="auto")  # as served
         tokenizer = PairTokenizer.from_file(trained / "tokenizer.json")
         documents = [examples[0].positive, *examples[0].negatives]
         with RerankClient(f"http://{running.http_url}") as client:

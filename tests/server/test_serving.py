@@ -96,7 +96,7 @@ def test_a_checkpoint_with_a_roberta_template_serves_the_references_scores(rober
 
     reference = ReferenceScorer(roberta_checkpoint)
     documents = ["the river meets the sea", "bread and water", "a library by the river " * 20]
-    server = start_server(roberta_checkpoint, tmp_path / "server.log")
+    server = start_server(roberta_checkpoint, tmp_path / "server.log", "--precision", "fp32")  # the reference is fp32
     try:
         for protocol, url in (("http", server.http_url), ("grpc", server.grpc_url)):
             served = infer(protocol, url, QUERY, documents, layer=4, dim=32, normalize=False)

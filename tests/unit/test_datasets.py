@@ -105,3 +105,33 @@ def test_training_input_is_read_from_jsonl_or_beir(tmp_path, beir):
                    "negatives": "not a list"}) + "\n", encoding="utf-8")  # fmt: skip
     with pytest.raises(DatasetError, match=r"bad.jsonl:2: field 'negatives' must be a list of strings"):
         read_jsonl(bad)
+
+
+def test_paired_bootstrap_brackets_the_mean_difference_and_shrinks_with_agreement():
+    mean, low, high = evaluate.paired_bootstrap([0.1, -0.05, 0.2, 0.0, 0.05] * 12)
+    assert mean == pytest.approx(0.06) and low < mean < high and high - low < 0.1
+    assert evaluate.paired_bootstrap([0.0] * 40) == (0.0, 0.0, 0.0)
+
+
+def _report(per_query: dict[str, float], first_stage: str = "BM25 (bm25s)") -> dict:
+    return {
+        "dataset": "beir", "split": "test", "first_stage": first_stage, "candidates_per_query": 6,
+        "url": "grpc://127.0.0.1:8001", "checkpoint": "demo", "queries": len(per_query), "baselines": {},
+        "settings": [{"label": "L6 D128", "per_query": {"nDCG@10": per_query}, "metrics": dict.fromkeys(
+            evaluate.MEASURES, sum(per_query.values()) / len(per_query)), "docs_per_second": 1.0, "pareto": True}],
+    }  # fmt: skip
+
+
+def test_a_baseline_report_gives_each_setting_its_paired_difference(tmp_path):
+    report, baseline = _report({"q1": 1.0, "q2": 0.5, "q3": 0.0}), _report({"q1": 1.0, "q2": 0.0, "q3": 0.0})
+    path = tmp_path / "evaluation.json"
+    path.write_text(json.dumps(baseline))
+    evaluate.compare_with_baseline(report, evaluate.load_baseline(path))
+    versus = report["settings"][0]["versus_baseline"]
+    assert versus["queries"] == 3 and versus["delta_nDCG@10"] == pytest.approx(0.5 / 3)
+    assert "ΔnDCG@10 vs baseline" in evaluate.markdown_table(report)
+    with pytest.raises(ValueError, match="not the same candidates"):
+        evaluate.compare_with_baseline(_report({"q1": 1.0}, "run file other.trec"), baseline)
+    path.write_text(json.dumps({"settings": [{"label": "L6 D128"}]}))
+    with pytest.raises(ValueError, match="no per-query values"):
+        evaluate.load_baseline(path)
