@@ -13,6 +13,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import torch
+
 from mmrerank.serving.planner import MicroBatch
 from mmrerank.serving.reranker_step import Done, Outcome, RerankerStep, ScoreRequest
 
@@ -26,8 +28,10 @@ class ScoringLoop:
         max_in_flight: int,
         on_batch: Callable[[MicroBatch], None],
         on_failure: Callable[[BaseException], None],
+        threads: int | None = None,
     ) -> None:
         self.step = step
+        self.threads = threads
         self.max_in_flight = max_in_flight
         self._on_batch = on_batch
         self._on_failure = on_failure
@@ -68,6 +72,8 @@ class ScoringLoop:
         return finished
 
     def _run(self) -> None:
+        if self.threads is not None:  # PyTorch's thread count is kept per thread: a new thread starts at all cores
+            torch.set_num_threads(self.threads)
         while True:
             with self._changed:
                 self._changed.wait_for(lambda: self._arrivals or self.step.in_flight or self._stopping)

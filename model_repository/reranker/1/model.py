@@ -50,8 +50,10 @@ class TritonPythonModel:
         model_config = json.loads(args["model_config"])
         settings = model_parameters(model_config)
         device = _device(args)
-        if device.type == "cpu":  # the instances share the cores instead of each taking them all
-            torch.set_num_threads(cpu_threads_per_instance(model_config, len(os.sched_getaffinity(0))))
+        # CPU instances share the cores instead of each taking them all (here and on the scoring thread)
+        threads = cpu_threads_per_instance(model_config, len(os.sched_getaffinity(0))) if device.type == "cpu" else None
+        if threads is not None:
+            torch.set_num_threads(threads)
         reranker = MatryoshkaReranker.from_pretrained(
             CheckpointLayout.open(checkpoint_location(settings)),
             device=device,
@@ -82,6 +84,7 @@ class TritonPythonModel:
         self.loop = ScoringLoop(
             self.step,
             max_in_flight=integer_setting(settings, "max_requests_in_flight"),
+            threads=threads,
             on_batch=self._record_batch,
             on_failure=lambda error: self.logger.log_error(
                 "scoring failed:\n" + "".join(traceback.format_exception(error))
