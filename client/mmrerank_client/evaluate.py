@@ -146,10 +146,12 @@ def paired_bootstrap(differences: Sequence[float], resamples: int = 2000, seed: 
 def load_baseline(path: Path) -> dict[str, Any]:
     """An earlier `evaluation.json`, checked before any request is sent."""
     try:
-        baseline = json.loads(path.read_text(encoding="utf-8"))
+        baseline: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read the baseline {path}: {error}") from error
-    if not all("per_query" in entry for entry in baseline.get("settings", [])) or "first_stage" not in baseline:
+    if not isinstance(baseline, dict) or "first_stage" not in baseline:
+        raise ValueError(f"{path} is not an evaluation.json written by rerank evaluate")
+    if not all("per_query" in entry for entry in baseline.get("settings", [])):
         raise ValueError(f"{path} has no per-query values: write it again with this version of rerank evaluate")
     return baseline
 

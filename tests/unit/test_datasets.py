@@ -132,6 +132,9 @@ def test_a_baseline_report_gives_each_setting_its_paired_difference(tmp_path):
     assert "ΔnDCG@10 vs baseline" in evaluate.markdown_table(report)
     with pytest.raises(ValueError, match="not the same candidates"):
         evaluate.compare_with_baseline(_report({"q1": 1.0}, "run file other.trec"), baseline)
-    path.write_text(json.dumps({"settings": [{"label": "L6 D128"}]}))
+    path.write_text(json.dumps({"first_stage": "BM25 (bm25s)", "settings": [{"label": "L6 D128"}]}))
     with pytest.raises(ValueError, match="no per-query values"):
+        evaluate.load_baseline(path)
+    path.write_text("[]")
+    with pytest.raises(ValueError, match="not an evaluation.json"):
         evaluate.load_baseline(path)
