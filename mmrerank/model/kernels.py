@@ -125,9 +125,6 @@ class AttentionKernel(ABC):
     name: ClassVar[str]
     # Whether the kernel pads its micro-batches: the planner then budgets padded tokens, not real ones.
     pads: ClassVar[bool] = False
-    # Whether a sequence's result is bit for bit the same whatever shares its micro-batch (int8 needs
-    # it: a last-bit change before a per-token quantisation can move a rounding, and the score with it).
-    batch_invariant: ClassVar[bool] = False
 
     @classmethod
     def unavailable_reason(cls, device: torch.device, dtype: torch.dtype) -> str | None:
@@ -200,7 +197,6 @@ class PackedSdpaKernel(AttentionKernel):
     """
 
     name = "packed-sdpa"
-    batch_invariant = True
 
     def attend(
         self,
@@ -349,8 +345,10 @@ class FlashKernel(VarlenKernel):
 KERNELS: dict[str, type[AttentionKernel]] = {
     kernel.name: kernel for kernel in (PaddedKernel, PackedSdpaKernel, VarlenKernel, FlashKernel)
 }
-# What "auto" picks, in order of preference: the first that runs on the device and dtype (and, where
-# asked for, is batch invariant).
+# What "auto" picks, in order of preference: the first that runs on the device and dtype. Where a
+# sequence's result must be bit for bit the same whatever shares its micro-batch (int8: a last-bit
+# change before a per-token quantisation can move a rounding, and the score with it), `padded` is
+# replaced by `packed-sdpa`, which attends each sequence as if alone.
 AUTO_ORDER = ("varlen", "flash", "padded")
 BATCH_INVARIANT_AUTO_ORDER = ("varlen", "flash", "packed-sdpa")
 
