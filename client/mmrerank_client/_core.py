@@ -11,8 +11,8 @@ from urllib.parse import urlsplit
 import numpy as np
 from numpy.typing import NDArray
 
-from mmrerank_client.contract import MODEL, deadline_ms
 from mmrerank_client.errors import ClientConfigurationError, InvalidRequestError, RerankError
+from mmrerank_client.schema import MODEL, PARAMETERS, deadline_ms
 from mmrerank_client.types import RerankResponse, RerankResult, ServedModel
 
 API_KEY_HEADER = "x-api-key"
@@ -51,20 +51,15 @@ class RerankRequest:
     parameters: dict[str, int | bool]
 
 
-def build_request(
-    query: str,
-    documents: Sequence[str],
-    *,
-    layer: int | None,
-    dim: int | None,
-    normalize: bool,
-    max_length: int | None,
-    truncate: bool,
-    prefilter_layer: int | None = None,
-    prefilter_dim: int | None = None,
-    prefilter_top_k: int | None = None,
-) -> RerankRequest:
-    """Check what is cheap to check here and encode the texts; the server stays the authority."""
+# The schema's parameters a call passes by keyword; the deadline comes from the call's `timeout`.
+CALL_PARAMETERS = tuple(parameter for parameter in PARAMETERS if parameter.name != "deadline_ms")
+
+
+def build_request(query: str, documents: Sequence[str], options: Mapping[str, object]) -> RerankRequest:
+    """Check what is cheap to check here (types, as the schema gives them) and encode the texts.
+
+    Parameters left out or None are not sent: the server fills in its defaults and stays the authority.
+    """
     if isinstance(documents, str):
         raise InvalidRequestError("'documents' must be a sequence of texts, not one string")
     if len(documents) == 0:
@@ -72,16 +67,18 @@ def build_request(
     texts = [query, *documents]
     if not all(isinstance(item, str) for item in texts):
         raise InvalidRequestError("the query and every document must be str")
-    parameters: dict[str, int | bool] = {"normalize": normalize, "truncate": truncate}
-    integers = (
-        ("layer", layer), ("dim", dim), ("max_length", max_length), ("prefilter_layer", prefilter_layer),
-        ("prefilter_dim", prefilter_dim), ("prefilter_top_k", prefilter_top_k),
-    )  # fmt: skip
-    for name, value in integers:
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise InvalidRequestError(f"parameter '{name}' must be an integer, got {value!r}")
-            parameters[name] = value
+    parameters: dict[str, int | bool] = {}
+    for parameter in CALL_PARAMETERS:
+        value = options.get(parameter.name)
+        if value is None:
+            continue
+        if parameter.kind is bool and isinstance(value, bool):
+            parameters[parameter.name] = value
+        elif parameter.kind is int and isinstance(value, int) and not isinstance(value, bool):
+            parameters[parameter.name] = value
+        else:
+            kind = "a boolean" if parameter.kind is bool else "an integer"
+            raise InvalidRequestError(f"parameter '{parameter.name}' must be {kind}, got {value!r}")
     return RerankRequest(
         query=np.array([query.encode("utf-8")], dtype=np.object_),
         documents=np.array([doc.encode("utf-8") for doc in documents], dtype=np.object_),
@@ -120,8 +117,9 @@ def make_inputs(module: Any, request: RerankRequest) -> list[Any]:
 class ScoreOptions(TypedDict, total=False):
     """Keyword options of `score` and `score_pairs`, sync and async alike (rerank takes them too).
 
-    layer/dim None mean the server's defaults; `timeout` (seconds) bounds the call and is sent as
-    its deadline, the client's own `timeout` when not given.
+    The request parameters among them are the schema's (`mmrerank_client.schema.PARAMETERS`, a test
+    holds the two together), typed here for type checkers. None means the server's default.
+    `timeout` (seconds) bounds the call and is sent as its deadline, the client's own when not given.
     """
 
     layer: int | None
@@ -179,12 +177,7 @@ def rerank_call(
     """Check a call's options, encode its texts, and settle its timeout."""
     check_keywords("rerank", options, RerankOptions)
     check_top_n(options.get("top_n"))
-    request = build_request(
-        query, documents, layer=options.get("layer"), dim=options.get("dim"),
-        normalize=options.get("normalize", True), max_length=options.get("max_length"),
-        truncate=options.get("truncate", True), prefilter_layer=options.get("prefilter_layer"),
-        prefilter_dim=options.get("prefilter_dim"), prefilter_top_k=options.get("prefilter_top_k"),
-    )  # fmt: skip
+    request = build_request(query, documents, options)
     timeout = options.get("timeout")
     return RerankCall(request, documents, options, default_timeout if timeout is None else timeout)
 

@@ -1,15 +1,28 @@
-"""The client's exception hierarchy, translated from tritonclient's and the network's errors."""
+"""The client's exception hierarchy, translated from tritonclient's and the network's errors.
+
+A refusal of this service's own carries a reason code (`mmrerank_client.schema.REASONS`), which
+decides its class; Triton's and the network's errors are classified by their status.
+"""
 
 from __future__ import annotations
 
 import re
+
+from mmrerank_client.schema import untagged
 
 # Triton prefixes a step's error with the ensemble's name; callers never see that layer.
 ENSEMBLE_PREFIX = re.compile(r"^in ensemble '[^']*', ")
 
 
 class RerankError(Exception):
-    """Base class of every error this client raises; `str()` carries the server's message."""
+    """Base class of every error this client raises; `str()` carries the server's message.
+
+    `reason` is the server's reason code when it refused the request itself (schema.REASONS), else None.
+    """
+
+    def __init__(self, message: str = "", reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class InvalidRequestError(RerankError):
@@ -55,10 +68,12 @@ def translate(error: BaseException) -> RerankError:
         status = str(status_of() or "")
         message_of = getattr(error, "message", None)
         message = str(message_of()) if callable(message_of) else message
-    message = ENSEMBLE_PREFIX.sub("", message)
+    reason, message = untagged(ENSEMBLE_PREFIX.sub("", message))
+    if reason is not None:
+        return REASON_CLASSES.get(reason, InvalidRequestError)(message, reason)
     lowered = f"{status} {message}".lower()
     if status in ("400", "StatusCode.INVALID_ARGUMENT"):
-        return PairTooLongError(message) if "over max_length" in lowered else InvalidRequestError(message)
+        return InvalidRequestError(message)
     if (
         status in ("401", "403", "StatusCode.UNAUTHENTICATED", "StatusCode.PERMISSION_DENIED")
         or "restricted" in lowered
@@ -79,6 +94,14 @@ def translate(error: BaseException) -> RerankError:
         return ServerUnavailableError(message or "the server is unavailable")
     return RerankError(message)
 
+
+# The class of each refusal reason that is not a plain InvalidRequestError.
+REASON_CLASSES: dict[str, type[RerankError]] = {
+    "pair_too_long": PairTooLongError,
+    "deadline": RerankTimeoutError,
+    "shutdown": ServerUnavailableError,
+    "cancelled": RerankError,
+}
 
 # The HTTP status a gateway answers each error with (the rerank API front does); others get 500.
 HTTP_STATUS: dict[type[RerankError], int] = {

@@ -28,8 +28,8 @@ from mmrerank_client._core import (
     served_model,
     transport,
 )
-from mmrerank_client.contract import OUTPUTS
 from mmrerank_client.errors import ModelNotReadyError, RerankTimeoutError, ServerUnavailableError, translate
+from mmrerank_client.schema import OUTPUTS
 from mmrerank_client.types import RerankResponse, ServedModel
 
 NO_TIMEOUT = 24 * 3600.0

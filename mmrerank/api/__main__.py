@@ -17,6 +17,7 @@ from mmrerank.api.app import create_app
 from mmrerank.api.protocol import GuardedHttpToolsProtocol
 from mmrerank.api.triton import TritonReranker
 from mmrerank.serving.deadlines import CANCEL_DIRECTORY_ENV, CancelNotices
+from mmrerank_client.schema import FRONT
 
 API_KEY_ENV = "MMRERANK_API_KEY"
 
@@ -27,10 +28,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--triton-grpc", required=True, help="host:port of Triton's gRPC endpoint")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per rerank request (then 504)")
-    parser.add_argument("--max-body-bytes", type=int, default=64 * 2**20, help="larger request bodies get 413")
     parser.add_argument(
-        "--max-connections", type=int, default=1000, help="open connections (and requests) at most; more get 503"
+        "--timeout", type=float, default=FRONT.timeout_seconds, help="seconds per rerank request (then 504)"
+    )
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=FRONT.max_body_bytes, help="larger request bodies get 413"
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=FRONT.max_connections,
+        help="open connections (and requests) at most; more get 503",
     )
     parser.add_argument("--graceful-seconds", type=float, default=30.0, help="in-flight requests' time on SIGTERM")
     return parser.parse_args(argv)

@@ -38,13 +38,12 @@ from mmrerank.api.triton import TritonReranker, UpstreamError
 from mmrerank.serving.contract import quote
 from mmrerank.serving.deadlines import CancelNotices
 from mmrerank_client import RerankResponse, ServedModel
+from mmrerank_client.schema import FRONT
 
 RERANK_PATHS = ("/v1/rerank", "/v2/rerank", "/rerank")
 # A document is a string or an object: pydantic reports a failure of each branch, and these types
 # mean "the other branch" (a string where an object was tried, or the reverse).
 WRONG_BRANCH = {"string_type", "model_type", "model_attributes_type"}
-# Cohere caps a document at 4,096 tokens unless `max_tokens_per_doc` says otherwise; so do the Cohere routes.
-COHERE_MAX_TOKENS_PER_DOC = 4096
 # Logged for a request whose client left (nginx's convention); nobody receives it.
 CLIENT_CLOSED_REQUEST = 499
 RETRY_AFTER_SECONDS = "1"
@@ -167,7 +166,7 @@ class RequireKey:
 def create_app(
     triton: TritonReranker,
     api_key: str | None = None,
-    max_body_bytes: int = 64 * 2**20,
+    max_body_bytes: int = FRONT.max_body_bytes,
     cancels: CancelNotices | None = None,
 ) -> FastAPI:
     """The ASGI app; `api_key` (from MMRERANK_API_KEY) guards the rerank routes when set.
@@ -246,7 +245,7 @@ def create_app(
         if "max_length" not in parameters:
             # The server's limit counts the whole pair; it never cuts the query.
             cap = (await served_model()).max_tokens_per_pair
-            parameters["max_length"] = min(request.max_tokens_per_doc or COHERE_MAX_TOKENS_PER_DOC, cap)
+            parameters["max_length"] = min(request.max_tokens_per_doc or FRONT.cohere_max_tokens_per_doc, cap)
         texts = request.texts()
         ranking = await ranked(http, request.query, texts, parameters)
         results = [

@@ -14,7 +14,9 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-MAX_HEADER_BYTES = 64 * 1024
+from mmrerank_client.schema import FRONT
+
+MAX_HEADER_BYTES = FRONT.max_header_bytes
 HEADER_TIMEOUT_SECONDS = 10.0
 BODY_IDLE_SECONDS = 10.0
 

@@ -2,18 +2,18 @@
 
 Unknown fields are refused, as the Triton path refuses unknown parameters, and types are strict
 as there ("2" is not an integer, "yes" not a boolean); integers are bounded to what a request
-parameter can carry (64 bits) and text must be valid Unicode (no lone surrogates). The optional
-fields `layer`, `dim`, `normalize`, `max_length`, `truncate`, `prefilter_*` and `deadline_ms`
-pass through to the `rerank` model as request parameters.
+parameter can carry (64 bits) and text must be valid Unicode (no lone surrogates). The schema's
+request parameters (`mmrerank_client.schema.PARAMETERS`) are optional fields of every route, made
+from it, and pass through to the `rerank` model; `truncate` each route defines with its own default.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model, field_validator
 
-from mmrerank_client.contract import MAX_DEADLINE_MS
+from mmrerank_client.schema import PARAMETERS, Parameter
 
 
 def valid_unicode(text: str) -> str:
@@ -38,23 +38,34 @@ class Document(BaseModel):
     text: Text
 
 
-class Passthrough(BaseModel):
-    """The `rerank` model's own request parameters, accepted by every route."""
+def passthrough_field(parameter: Parameter) -> tuple[Any, Any]:
+    """A request parameter as an optional pydantic field: its schema type, its fixed bounds, its description."""
+    if parameter.kind is bool:
+        return bool | None, Field(default=None, description=parameter.doc)
+    low = -(2**63) if parameter.minimum is None else parameter.minimum
+    high = 2**63 - 1 if parameter.maximum is None else parameter.maximum
+    return int | None, Field(default=None, ge=low, le=high, description=parameter.doc)
+
+
+PASSTHROUGH = tuple(parameter.name for parameter in PARAMETERS if parameter.every_route)
+
+
+class PassthroughBase(BaseModel):
+    """What every route's request shares: the `rerank` model's request parameters (fields made from the schema)."""
 
     model_config = STRICT
-    layer: Int64 | None = None
-    dim: Int64 | None = None
-    normalize: bool | None = None
-    max_length: Int64 | None = None
-    prefilter_layer: Int64 | None = None
-    prefilter_dim: Int64 | None = None
-    prefilter_top_k: Int64 | None = None
-    deadline_ms: int | None = Field(default=None, ge=1, le=MAX_DEADLINE_MS)
 
     def parameters(self) -> dict[str, Any]:
         """The fields that were given, as Triton request parameters."""
-        return {name: value for name, value in self.model_dump(include=set(Passthrough.model_fields)).items()
-                if value is not None}  # fmt: skip
+        return {name: value for name in PASSTHROUGH if (value := getattr(self, name)) is not None}
+
+
+Passthrough = create_model(
+    "Passthrough",
+    __base__=PassthroughBase,
+    __doc__="The `rerank` model's own request parameters, accepted by every route.",
+    **{parameter.name: passthrough_field(parameter) for parameter in PARAMETERS if parameter.every_route},
+)
 
 
 class CohereV2Request(Passthrough):

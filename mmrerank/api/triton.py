@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from mmrerank_client import AsyncRerankClient, RerankError, RerankResponse, ServedModel, ServerOverloadedError
-from mmrerank_client.contract import deadline_ms_problem
 from mmrerank_client.errors import http_status
+from mmrerank_client.schema import range_problem
 
 # What the front says for statuses whose server message is not the caller's business.
 PUBLIC_MESSAGES = {
@@ -64,7 +64,7 @@ class TritonReranker:
         """
         options = dict(parameters)
         deadline = options.pop("deadline_ms", None)
-        if deadline is not None and (problem := deadline_ms_problem(deadline)):
+        if deadline is not None and (problem := range_problem("deadline_ms", deadline)):
             raise UpstreamError(400, problem)
         timeout = self.timeout if deadline is None else deadline / 1000
         try:

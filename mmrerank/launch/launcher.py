@@ -25,6 +25,7 @@ from mmrerank.launch.supervisor import Companion, LaunchError, Supervisor
 from mmrerank.layout import CheckpointError, CheckpointLayout
 from mmrerank.serving.deadlines import CANCEL_DIRECTORY_ENV, SHUTDOWN_NOTICE_ENV, ShutdownNotice
 from mmrerank.serving.settings import CHECKPOINT_ENV, PRECISIONS
+from mmrerank_client.schema import FRONT
 
 LOGGER = logging.getLogger("mmrerank.serve")
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -187,14 +188,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--api-timeout",
         type=float,
-        default=60.0,
+        default=FRONT.timeout_seconds,
         help="seconds the rerank API front waits for one request (then 504); also that request's deadline",
     )
     parser.add_argument(
-        "--api-max-body-bytes", type=int, default=64 * 2**20, help="larger request bodies get 413 from the API front"
+        "--api-max-body-bytes",
+        type=int,
+        default=FRONT.max_body_bytes,
+        help="larger request bodies get 413 from the API front",
     )
     parser.add_argument(
-        "--api-max-connections", type=int, default=1000, help="open connections the API front takes; more get 503"
+        "--api-max-connections",
+        type=int,
+        default=FRONT.max_connections,
+        help="open connections the API front takes; more get 503",
     )
     parser.add_argument(
         "--device",

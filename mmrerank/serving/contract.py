@@ -3,19 +3,28 @@
 The tokenizer step parses a request's parameters once into `RerankOptions`, which travel to the
 reranker as the `_options` tensor beside the ids. Every failure is an `InvalidRequestError` whose
 message says what was wrong and what is allowed; the Triton models turn it into an INVALID_ARG
-response for that request alone. Names and limits shared with clients live in `mmrerank_client.contract`.
+response for that request alone. Names, types and bounds come from the schema, `mmrerank_client.schema`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import astuple, dataclass
 
 import numpy as np
 
 from mmrerank.layout import MatryoshkaSpec
-from mmrerank_client.contract import PARAMETERS, PREFILTER_PARAMETERS, deadline_ms_problem
+from mmrerank_client.schema import (
+    BY_NAME,
+    CASCADE_PARAMETERS,
+    PARAMETER_NAMES,
+    PARAMETERS,
+    REASONS,
+    Parameter,
+    range_problem,
+    tagged,
+)
 
 # At most this many characters of a client's value are quoted back in an error message.
 QUOTE_LIMIT = 100
@@ -24,14 +33,19 @@ QUOTE_LIMIT = 100
 class InvalidRequestError(ValueError):
     """The client sent something this service cannot score; the message is safe to return.
 
-    `reason` is a short category for metrics: unknown_parameter, parameter_type, parameter_value,
-    document_count, text_size, request_bytes, request_tokens, not_utf8, query_too_long, pair_too_long,
-    bad_tensor, bad_parameters.
+    `reason` is one of the schema's refusal codes (`mmrerank_client.schema.REASONS`): the metrics
+    count it, and the response carries it in front of the message (`wire_message`).
     """
 
     def __init__(self, message: str, reason: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown refusal reason {reason!r}")
         super().__init__(message)
         self.reason = reason
+
+    def wire_message(self) -> str:
+        """The message as the response carries it: `[reason] message`."""
+        return tagged(self.reason, str(self))
 
 
 @dataclass(frozen=True)
@@ -86,75 +100,79 @@ def parse_parameters(text: str) -> dict[str, object]:
     return parameters
 
 
-def _integer(parameters: Mapping[str, object], name: str, default: int) -> int:
-    value = parameters.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int):
+def _typed(parameters: Mapping[str, object], parameter: Parameter, default: int | bool) -> int | bool:
+    """The parameter's value (`default` when not sent), refused when it is not of the schema's type."""
+    value = parameters.get(parameter.name, default)
+    given = f"{type(value).__name__} {quote(value)}"
+    if parameter.kind is bool and not isinstance(value, bool):
         raise InvalidRequestError(
-            f"parameter '{name}' must be an integer, got {type(value).__name__} {quote(value)}", "parameter_type"
+            f"parameter '{parameter.name}' must be a boolean (true or false), got {given}",
+            "parameter_type",
+        )
+    if parameter.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise InvalidRequestError(
+            f"parameter '{parameter.name}' must be an integer, got {given}",
+            "parameter_type",
         )
     return value
 
 
-def _boolean(parameters: Mapping[str, object], name: str, default: bool) -> bool:
-    value = parameters.get(name, default)
-    if not isinstance(value, bool):
+def _one_of(parameters: Mapping[str, object], name: str, default: int, allowed: Sequence[int], what: str = "") -> int:
+    """An integer parameter that must be one of `allowed` (`what` describes them in the refusal)."""
+    value = int(_typed(parameters, BY_NAME[name], default))
+    if value not in allowed:
         raise InvalidRequestError(
-            f"parameter '{name}' must be a boolean (true or false), got {type(value).__name__} {quote(value)}",
-            "parameter_type",
+            f"parameter '{name}' must be {what}one of {list(allowed)}, got {value}", "parameter_value"
         )
+    return value
+
+
+def _within(parameters: Mapping[str, object], name: str, default: int, bounds: tuple[int, int] | None = None) -> int:
+    """An integer parameter within `bounds` (low, high), or within the schema's fixed bounds when none are given."""
+    value = int(_typed(parameters, BY_NAME[name], default))
+    if bounds is None:
+        problem = range_problem(name, value)
+    else:
+        low, high = bounds
+        problem = None if low <= value <= high else f"parameter '{name}' must be between {low} and {high}, got {value}"
+    if problem:
+        raise InvalidRequestError(problem, "parameter_value")
     return value
 
 
 def parse_options(
     parameters: Mapping[str, object], spec: MatryoshkaSpec, max_length_cap: int, min_max_length: int = 1
 ) -> RerankOptions:
-    """Check every parameter's name, type and value; fill in defaults."""
-    unknown = sorted(set(parameters) - set(PARAMETERS))
+    """Check every parameter's name, type and bounds against the schema; fill in defaults.
+
+    The checkpoint gives the exits and their defaults; `max_length` lies between `min_max_length`
+    (the pair template's special tokens and one document token) and `max_length_cap`.
+    """
+    unknown = sorted(set(parameters) - set(PARAMETER_NAMES))
     if unknown:
         raise InvalidRequestError(
-            f"unknown parameter {quote(unknown[0])}; allowed parameters: {', '.join(PARAMETERS)}", "unknown_parameter"
+            f"unknown parameter {quote(unknown[0])}; allowed parameters: {', '.join(PARAMETER_NAMES)}",
+            "unknown_parameter",
         )
-    layer = _integer(parameters, "layer", spec.default_layer)
-    if layer not in spec.layer_indices:
-        raise InvalidRequestError(
-            f"parameter 'layer' must be one of {list(spec.layer_indices)}, got {layer}", "parameter_value"
-        )
-    dim = _integer(parameters, "dim", spec.default_dim)
-    if dim not in spec.dim_indices:
-        raise InvalidRequestError(
-            f"parameter 'dim' must be one of {list(spec.dim_indices)}, got {dim}", "parameter_value"
-        )
-    max_length = _integer(parameters, "max_length", max_length_cap)
-    if not min_max_length <= max_length <= max_length_cap:
-        raise InvalidRequestError(
-            f"parameter 'max_length' must be between {min_max_length} and {max_length_cap}, got {max_length}",
-            "parameter_value",
-        )
+    for parameter in PARAMETERS:
+        if parameter.name in parameters:
+            _typed(parameters, parameter, False)
+    layer = _one_of(parameters, "layer", spec.default_layer, spec.layer_indices)
+    dim = _one_of(parameters, "dim", spec.default_dim, spec.dim_indices)
     return RerankOptions(
         layer=layer,
         dim=dim,
-        normalize=_boolean(parameters, "normalize", True),
-        max_length=max_length,
-        truncate=_boolean(parameters, "truncate", True),
+        normalize=bool(_typed(parameters, BY_NAME["normalize"], True)),
+        max_length=_within(parameters, "max_length", max_length_cap, (min_max_length, max_length_cap)),
+        truncate=bool(_typed(parameters, BY_NAME["truncate"], True)),
         prefilter=_prefilter(parameters, spec, layer, dim),
-        deadline_ms=_deadline_ms(parameters),
+        deadline_ms=_within(parameters, "deadline_ms", 0) if "deadline_ms" in parameters else None,
     )
-
-
-def _deadline_ms(parameters: Mapping[str, object]) -> int | None:
-    """Milliseconds the client waits for its answer; the server abandons the request after that."""
-    if "deadline_ms" not in parameters:
-        return None
-    value = _integer(parameters, "deadline_ms", 0)
-    problem = deadline_ms_problem(value)
-    if problem:
-        raise InvalidRequestError(problem, "parameter_value")
-    return value
 
 
 def _prefilter(parameters: Mapping[str, object], spec: MatryoshkaSpec, layer: int, dim: int) -> Prefilter | None:
     """The cascade parameters, all or none: a shallower exit layer, its width, how many continue."""
-    given = [name for name in PREFILTER_PARAMETERS if name in parameters]
+    given = [name for name in CASCADE_PARAMETERS if name in parameters]
     if not given:
         return None
     if "prefilter_layer" not in parameters or "prefilter_top_k" not in parameters:
@@ -164,22 +182,11 @@ def _prefilter(parameters: Mapping[str, object], spec: MatryoshkaSpec, layer: in
             "parameter_value",
         )
     shallower = [value for value in spec.layer_indices if value < layer]
-    prefilter_layer = _integer(parameters, "prefilter_layer", 0)
-    if prefilter_layer not in shallower:
-        raise InvalidRequestError(
-            f"parameter 'prefilter_layer' must be an exit layer shallower than layer {layer}, one of {shallower}, "
-            f"got {prefilter_layer}",
-            "parameter_value",
-        )
-    prefilter_dim = _integer(parameters, "prefilter_dim", dim)
-    if prefilter_dim not in spec.dim_indices:
-        raise InvalidRequestError(
-            f"parameter 'prefilter_dim' must be one of {list(spec.dim_indices)}, got {prefilter_dim}", "parameter_value"
-        )
-    top_k = _integer(parameters, "prefilter_top_k", 1)
-    if top_k < 1:
-        raise InvalidRequestError(f"parameter 'prefilter_top_k' must be at least 1, got {top_k}", "parameter_value")
-    return Prefilter(prefilter_layer, prefilter_dim, top_k)
+    return Prefilter(
+        _one_of(parameters, "prefilter_layer", 0, shallower, f"an exit layer shallower than layer {layer}, "),
+        _one_of(parameters, "prefilter_dim", dim, spec.dim_indices),
+        _within(parameters, "prefilter_top_k", 0),
+    )
 
 
 def decode_texts(values: np.ndarray, what: str, max_bytes: int) -> list[str]:

@@ -29,6 +29,7 @@ from mmrerank.serving.contract import (
 )
 from mmrerank.serving.deadlines import NO_DEADLINE, CancelNotices, ShutdownNotice, WorkAbandoned, request_deadline
 from mmrerank.serving.planner import MicroBatch, plan_micro_batches, share_micro_batch
+from mmrerank_client.schema import pair_token_cap
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,8 @@ class DirectCaps:
     max_documents: int
     max_request_tokens: int
     default_deadline_ms: int | None = None
+    max_tokens_per_pair: int = 2**31 - 1  # never past the model's positions
+    min_pair_tokens: int = 1  # the pair template's special tokens and one document token
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:
@@ -170,13 +173,17 @@ class RerankerStep:
     ) -> tuple[RerankOptions, float]:
         """Options and deadline of a request sent to this model directly, not through the tokenizer step.
 
-        Its parameters are parsed as the tokenizer step would, against the model's positions, and
-        this model's own caps apply: documents, tokens, and the default deadline counted from `arrived`.
+        Its parameters are parsed as the tokenizer step parses them, with this model's own caps:
+        tokens per pair (never past the model's positions), documents, tokens, and the default
+        deadline counted from `arrived`.
         """
-        options = parse_options(parameters, self.reranker.spec, self.reranker.config.max_position_embeddings)
+        positions = self.reranker.config.max_position_embeddings
         caps = self.caps
         if caps is None:
+            options = parse_options(parameters, self.reranker.spec, positions)
             return options, request_deadline(arrived, options.deadline_ms)
+        pair_cap = pair_token_cap(caps.max_tokens_per_pair, positions)
+        options = parse_options(parameters, self.reranker.spec, pair_cap, caps.min_pair_tokens)
         check_document_count(pairs, caps.max_documents)
         check_request_tokens(tokens, caps.max_request_tokens)
         deadline_ms = options.deadline_ms if options.deadline_ms is not None else caps.default_deadline_ms

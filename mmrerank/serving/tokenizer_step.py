@@ -20,7 +20,7 @@ from mmrerank.serving.contract import (
 )
 from mmrerank.serving.deadlines import request_deadline
 from mmrerank.serving.pair_tokenizer import EncodedPairs, PairTokenizer, PairTooLongError, QueryTooLongError
-from mmrerank_client.contract import pair_token_cap
+from mmrerank_client.schema import pair_token_cap
 
 
 @dataclass(frozen=True)

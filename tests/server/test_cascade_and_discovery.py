@@ -19,8 +19,8 @@ from tritonclient.utils import InferenceServerException
 
 from mmrerank.dev.background import start_server
 from mmrerank.dev.corpus import text
-from mmrerank.serving.contract import PARAMETERS
 from mmrerank_client import RerankClient, ServedModel
+from mmrerank_client.schema import PARAMETER_NAMES
 
 QUERY = "where does the river meet the city library"
 
@@ -105,10 +105,10 @@ def test_any_triton_client_reads_the_served_checkpoints_facts(server):
         client.close()
     facts = {key: value["string_value"] for key, value in parameters.items()}
     assert facts["layer_indices"] == "1,2,4,6" and facts["dim_indices"] == "8,16,32,64,128"
-    assert facts["request_parameters"].split(",") == list(PARAMETERS)
+    assert facts["request_parameters"].split(",") == list(PARAMETER_NAMES)
     with RerankClient(f"grpc://{server.grpc_url}") as typed:
         assert typed.describe() == ServedModel(
-            "demo-tiny", (1, 2, 4, 6), (8, 16, 32, 64, 128), 6, 128, 32768, 1000, 262144, PARAMETERS
+            "demo-tiny", (1, 2, 4, 6), (8, 16, 32, 64, 128), 6, 128, 32768, 1000, 262144, PARAMETER_NAMES
         )
 
 

@@ -182,6 +182,9 @@ def test_a_reranker_batch_mixing_bad_and_good_requests_answers_every_good_one(se
     [
         (33_000, {}, "every pair must hold between 1 and max_length=32768 tokens, got 33000 to 33000"),
         (300, {"max_length": 256}, "every pair must hold between 1 and max_length=256 tokens, got 300 to 300"),
+        # The tokenizer step's bounds hold here too: the pair template's 3 special tokens and one more, the pair cap.
+        (300, {"max_length": 2}, r"\[parameter_value\] parameter 'max_length' must be between 4 and 32768, got 2"),
+        (300, {"max_length": 40_000}, r"parameter 'max_length' must be between 4 and 32768, got 40000"),
     ],
 )
 def test_the_internal_reranker_refuses_rows_over_its_limits(server, length, parameters, message):

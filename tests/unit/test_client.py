@@ -144,9 +144,9 @@ def test_rerank_sends_the_contract_and_sorts(fake, url):
     assert all(r.document is None for r in response)
 
 
-def test_defaults_send_normalize_truncate_and_the_timeout_as_deadline(fake):
+def test_defaults_are_left_to_the_server_and_the_timeout_is_sent_as_deadline(fake):
     RerankClient().rerank("q", DOCS)
-    assert fake.calls[0]["parameters"] == {"normalize": True, "truncate": True, "deadline_ms": 60_000}
+    assert fake.calls[0]["parameters"] == {"deadline_ms": 60_000}
 
 
 @pytest.mark.parametrize(("timeout", "deadline_ms"), [(2.5, 2500), (0.0001, 1), (1e9, 86_400_000), (None, None)])
@@ -286,8 +286,6 @@ def test_score_takes_typed_options_and_refuses_rerank_only_ones(fake):
     client = RerankClient()
     assert client.score("q", DOCS, layer=3, dim=64, max_length=128) == pytest.approx([0.05, 0.27, 0.11])
     assert fake.calls[-1]["parameters"] == {
-        "normalize": True,
-        "truncate": True,
         "layer": 3,
         "dim": 64,
         "max_length": 128,
@@ -344,7 +342,7 @@ def test_a_cascade_ranks_continued_documents_first_and_sends_its_parameters(fake
     )
     assert [(r.index, r.exit_layer) for r in response] == [(3, 22), (1, 22), (0, 3), (2, 3)]
     assert fake.calls[-1]["parameters"] == {
-        "normalize": True, "truncate": True, "layer": 22, "prefilter_layer": 3, "prefilter_dim": 64,
+        "layer": 22, "prefilter_layer": 3, "prefilter_dim": 64,
         "prefilter_top_k": 2, "deadline_ms": 60_000,
     }  # fmt: skip
 

@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from mmrerank.dev.background import free_ports
-from mmrerank.launch import launcher
-from mmrerank.launch.repository import RepositoryError, config_parameters, materialize
+from mmrerank.launch import configs, launcher
+from mmrerank.launch.configs import config_parameters
+from mmrerank.launch.repository import RepositoryError, materialize
 from mmrerank.launch.supervisor import Companion, LaunchError, Supervisor, child_states
-from mmrerank.serving.contract import PARAMETERS
 from mmrerank.serving.deadlines import ShutdownNotice
+from mmrerank_client.schema import PARAMETER_NAMES
 
 
 def command(tmp_path, monkeypatch, *argv, env=None):
@@ -92,7 +93,7 @@ def test_the_served_repository_carries_the_checkpoints_facts(tiny_checkpoint, tm
         "max_tokens_per_pair": "32768",
         "max_documents": "1000",
         "max_request_tokens": "262144",
-        "request_parameters": ",".join(PARAMETERS),
+        "request_parameters": ",".join(PARAMETER_NAMES),
     }
     assert (served / "reranker" / "configs" / "cpu.pbtxt").is_file()
     assert (served / "tokenizer" / "1" / "model.py").read_text() == (
@@ -119,6 +120,22 @@ def test_launcher_overrides_reach_every_reranker_config_of_the_served_copy(tiny_
     assert source_settings["attention"] == "auto"
     with pytest.raises(RepositoryError, match="has no parameter 'no_such_key'"):
         materialize(launcher.DEFAULT_MODEL_REPOSITORY, layout, tmp_path / "other", None, {"no_such_key": "1"})
+
+
+def test_caps_that_differ_between_the_steps_stop_the_launch_and_the_schema_puts_them_right(tiny_checkpoint, tmp_path):
+    source = tmp_path / "source"
+    shutil.copytree(launcher.DEFAULT_MODEL_REPOSITORY, source)
+    tokenizer_cpu = source / "tokenizer" / "configs" / "cpu.pbtxt"
+    configs.set_parameters(tokenizer_cpu, {"max_documents": "500"})
+    layout = launcher.resolve_checkpoint(str(tiny_checkpoint))
+    with pytest.raises(RepositoryError, match="max_documents is 500 in .*tokenizer.* but 1000 in .*reranker"):
+        materialize(source, layout, tmp_path / "served", "cpu")
+    materialize(source, layout, tmp_path / "gpu", None)  # the default variant's configs still agree
+    assert configs.main(["--model-repository", str(source), "--check"]) == 1
+    assert configs.caps_drift(source) == [f"{tokenizer_cpu}: max_documents is '500', the schema says '1000'"]
+    assert configs.main(["--model-repository", str(source)]) == 0
+    assert configs.caps_drift(source) == []
+    assert config_parameters(tokenizer_cpu.read_text())["max_documents"] == "1000"
 
 
 def test_a_repository_that_sets_a_fact_itself_is_refused(tiny_checkpoint, tmp_path):

@@ -8,7 +8,8 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from mmrerank.serving.contract import PARAMETERS
+from mmrerank.launch.configs import config_files, schema_caps
+from mmrerank_client.schema import MODEL_CAPS, PARAMETER_NAMES, VARIANT_CAPS
 
 REPOSITORY = Path(__file__).resolve().parents[2] / "model_repository"
 RERANKER_VARIANTS = sorted((REPOSITORY / "reranker" / "configs").glob("*.pbtxt"))
@@ -60,16 +61,13 @@ def test_token_ids_travel_ragged_between_the_steps():
     assert set(scoring.input_map) == {"_input_ids", "_lengths", "_deadline", "_options"}
 
 
-def test_both_steps_hold_the_same_request_caps_and_a_default_deadline():
-    for path in [REPOSITORY / "reranker" / "config.pbtxt", *RERANKER_VARIANTS]:
-        variant = REPOSITORY / "tokenizer" / path.relative_to(REPOSITORY / "reranker")
-        tokenizer = load(variant if variant.is_file() else REPOSITORY / "tokenizer" / "config.pbtxt").parameters
-        reranker = load(path).parameters
-        for key in ("max_documents", "max_request_tokens", "default_deadline_ms"):
-            assert reranker[key].string_value == tokenizer[key].string_value, (path.name, key)
-    gpu = int(load(REPOSITORY / "tokenizer" / "config.pbtxt").parameters["default_deadline_ms"].string_value)
-    cpu = int(load(REPOSITORY / "tokenizer" / "configs" / "cpu.pbtxt").parameters["default_deadline_ms"].string_value)
-    assert 0 < gpu < cpu
+def test_every_config_holds_the_schemas_caps_so_a_plain_tritonserver_serves_them():
+    """Read with Triton's own config parser: what a `tritonserver` on this repository would serve."""
+    for model, names in MODEL_CAPS.items():
+        for variant, path in config_files(REPOSITORY, model):
+            held = {key: load(path).parameters[key].string_value for key in names}
+            assert held == schema_caps(model, variant), path
+    assert 0 < VARIANT_CAPS[None].default_deadline_ms < VARIANT_CAPS["cpu"].default_deadline_ms
 
 
 def test_the_tokenizer_variants_differ_only_in_the_default_deadline():
@@ -116,5 +114,5 @@ def test_the_tokenizer_runs_on_cpu_and_documents_every_parameter():
     tokenizer = load(REPOSITORY / "tokenizer" / "config.pbtxt")
     assert all(group.kind == model_config_pb2.ModelInstanceGroup.KIND_CPU for group in tokenizer.instance_group)
     readme = (REPOSITORY.parent / "README.md").read_text()
-    for parameter in PARAMETERS:
+    for parameter in PARAMETER_NAMES:
         assert f"| `{parameter}` |" in readme

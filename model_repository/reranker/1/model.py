@@ -19,6 +19,7 @@ from mmrerank.model import MatryoshkaReranker
 from mmrerank.serving.contract import InvalidRequestError, RerankOptions, parse_parameters
 from mmrerank.serving.deadlines import NO_DEADLINE, CancelNotices, ShutdownNotice
 from mmrerank.serving.metrics import SIZE_CLASSES, Metrics, size_class
+from mmrerank.serving.pair_tokenizer import PairTokenizer
 from mmrerank.serving.reranker_step import DirectCaps, RerankerStep
 from mmrerank.serving.scoring_loop import ScoringLoop
 from mmrerank.serving.settings import (
@@ -29,6 +30,7 @@ from mmrerank.serving.settings import (
     integer_setting,
     model_parameters,
 )
+from mmrerank_client.schema import tagged
 
 
 def _device(args):
@@ -54,8 +56,9 @@ class TritonPythonModel:
         threads = cpu_threads_per_instance(model_config, len(os.sched_getaffinity(0))) if device.type == "cpu" else None
         if threads is not None:
             torch.set_num_threads(threads)
+        layout = CheckpointLayout.open(checkpoint_location(settings))
         reranker = MatryoshkaReranker.from_pretrained(
-            CheckpointLayout.open(checkpoint_location(settings)),
+            layout,
             device=device,
             precision=_precision(settings.get("precision", "auto") or "auto"),
             attention=settings.get("attention", "auto") or "auto",
@@ -69,6 +72,8 @@ class TritonPythonModel:
                 max_documents=integer_setting(settings, "max_documents"),
                 max_request_tokens=integer_setting(settings, "max_request_tokens"),
                 default_deadline_ms=integer_setting(settings, "default_deadline_ms", minimum=0) or None,
+                max_tokens_per_pair=integer_setting(settings, "max_tokens_per_pair"),
+                min_pair_tokens=PairTokenizer.from_file(layout.tokenizer_file).min_max_length,
             ),
         )
         self.logger = pb_utils.Logger
@@ -113,13 +118,13 @@ class TritonPythonModel:
         sender = request.get_response_sender()
         if request.is_cancelled():  # the client gave up while this waited in the queue
             self.metrics.add("mmrerank_requests_cancelled_total", 1)
-            _send(sender, _error("request cancelled", pb_utils.TritonError.CANCELLED))
+            _send(sender, _error(tagged("cancelled", "request cancelled"), pb_utils.TritonError.CANCELLED))
             return
         try:
             prepared = self._prepare(request, arrived)
         except InvalidRequestError as error:
             self.metrics.add("mmrerank_requests_rejected_total", 1, step="reranker", reason=error.reason)
-            _send(sender, _error(str(error), pb_utils.TritonError.INVALID_ARG))
+            _send(sender, _error(error.wire_message(), pb_utils.TritonError.INVALID_ARG))
             return
         except Exception:  # noqa: BLE001 - this request alone fails; the others are still scored
             self.logger.log_error(f"reranker failed to read a request:\n{traceback.format_exc()}")
@@ -185,15 +190,21 @@ def _deadline(request):
 
 ABANDONED = {
     "deadline": lambda: _error(
-        "the request passed its deadline (deadline_ms) before it was scored; the server stopped its work",
+        tagged(
+            "deadline",
+            "the request passed its deadline (deadline_ms) before it was scored; the server stopped its work",
+        ),
         pb_utils.TritonError.CANCELLED,
     ),
     "cancelled": lambda: _error(
-        "the client went away before the request was scored; the server stopped its work",
+        tagged("cancelled", "the client went away before the request was scored; the server stopped its work"),
         pb_utils.TritonError.CANCELLED,
     ),
     "shutdown": lambda: _error(
-        "the server is shutting down and stopped this request before it was scored; retry on another replica",
+        tagged(
+            "shutdown",
+            "the server is shutting down and stopped this request before it was scored; retry on another replica",
+        ),
         pb_utils.TritonError.UNAVAILABLE,
     ),
     "error": lambda: _error("internal error while scoring", pb_utils.TritonError.INTERNAL),

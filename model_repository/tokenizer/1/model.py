@@ -13,6 +13,7 @@ from mmrerank.serving.deadlines import CancelNotices
 from mmrerank.serving.metrics import Metrics
 from mmrerank.serving.settings import checkpoint_location, integer_setting, model_parameters
 from mmrerank.serving.tokenizer_step import TokenizerStep
+from mmrerank_client.schema import tagged
 
 
 class TritonPythonModel:
@@ -45,7 +46,7 @@ class TritonPythonModel:
             self.cancels.forget(request.request_id())  # it ends here: the reranker never sees it
             self.metrics.add("mmrerank_requests_abandoned_total", 1, reason="cancelled")
             return pb_utils.InferenceResponse(
-                error=pb_utils.TritonError("the client went away before the request was tokenized",
+                error=pb_utils.TritonError(tagged("cancelled", "the client went away before the request was tokenized"),
                                            pb_utils.TritonError.CANCELLED)
             )  # fmt: skip
         try:
@@ -57,7 +58,9 @@ class TritonPythonModel:
             )
         except InvalidRequestError as error:
             self.metrics.add("mmrerank_requests_rejected_total", 1, step="tokenizer", reason=error.reason)
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(error.wire_message(), pb_utils.TritonError.INVALID_ARG)
+            )
         except Exception:  # noqa: BLE001 - one request's failure must not fail the batch
             self.logger.log_error(f"tokenizer failed on a request:\n{traceback.format_exc()}")
             return pb_utils.InferenceResponse(
