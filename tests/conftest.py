@@ -10,7 +10,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from mmrerank.dev.background import BackgroundServer, start_server  # noqa: E402
+from servers import start_server  # noqa: E402
+
+from mmrerank.dev.background import BackgroundServer  # noqa: E402
 from mmrerank.dev.demo import build_demo_checkpoint  # noqa: E402
 from mmrerank.launch.supervisor import LaunchError  # noqa: E402
 

@@ -1,8 +1,8 @@
 """`rerank evaluate DATASET_DIR`: what each exit and cascade of a served reranker gives in quality and speed.
 
 Candidates come from a TREC run file, or from BM25 (`bm25s`) over the corpus; every setting reranks
-them through the server. Metrics are ir-measures' own (nDCG@10, RR@10, R@100); throughput is the
-documents reranked per second through the server at the chosen concurrency. It writes
+them through the server. Metrics are ir-measures' own (nDCG@10, RR@10, R@10; R@depth once, as the
+ceiling); throughput is the documents reranked per second through the server at the chosen concurrency. It writes
 `evaluation.json`, `evaluation.md` and `evaluation.png` (quality against throughput, the Pareto front
 marked) to the output directory.
 
@@ -34,7 +34,9 @@ from mmrerank_client.errors import RerankError
 from mmrerank_client.sync import RerankClient
 from mmrerank_client.types import RerankResponse, ServedModel
 
-MEASURES: tuple[str, ...] = ("nDCG@10", "RR@10", "R@100")
+# What reranking can change: the order of the first ten. Recall at the full depth it cannot (the
+# candidates are the same), so it is reported once, as the first stage's ceiling.
+MEASURES: tuple[str, ...] = ("nDCG@10", "RR@10", "R@10")
 EXTRA = "pip install 'mmrerank[evaluate]' (bm25s, ir-measures, matplotlib, tqdm)"
 Run = dict[str, dict[str, float]]
 
@@ -126,6 +128,13 @@ def measure(qrels: dict[str, dict[str, int]], run: Run) -> dict[str, float]:
 
     values = ir_measures.calc_aggregate([ir_measures.parse_measure(name) for name in MEASURES], qrels, run)
     return {str(name): float(value) for name, value in values.items()}
+
+
+def recall_ceiling(qrels: dict[str, dict[str, int]], run: Run, depth: int) -> float:
+    """R@depth of the candidates: the share of relevant documents any reranking of them can reach."""
+    import ir_measures
+
+    return float(ir_measures.calc_aggregate([ir_measures.R @ depth], qrels, run)[ir_measures.R @ depth])
 
 
 def ndcg_per_query(qrels: dict[str, dict[str, int]], run: Run) -> dict[str, float]:
@@ -240,7 +249,8 @@ def markdown_table(report: dict[str, Any]) -> str:
     delta_header, delta_rule = (" ΔnDCG@10 vs baseline (95 % CI) |", " ---: |") if compared else ("", "")
     lines = [
         f"Data set `{report['dataset']}` ({report['split']}), {report['queries']} queries, "
-        f"{report['candidates_per_query']} candidates per query from {report['first_stage']}; "
+        f"{report['candidates_per_query']} candidates per query from {report['first_stage']} "
+        f"(R@{report['candidates_per_query']} {report['recall_ceiling']:.4f}, the most any reranking reaches); "
         f"served checkpoint `{report['checkpoint']}`."
         + (f" Baseline: `{report['baseline']['checkpoint']}` at {report['baseline']['url']}." if compared else ""),
         "",
@@ -350,6 +360,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         "url": args.url,
         "concurrency": args.concurrency,
         "measures": list(MEASURES),
+        "recall_ceiling": recall_ceiling(dataset.qrels, first_stage_run, args.depth),
         "baselines": {
             "first_stage": measure(dataset.qrels, first_stage_run),
             "random": random_baseline(candidates, dataset.qrels),

@@ -77,19 +77,21 @@ def start_server(
     ready_timeout: float = 240,
     launcher: Sequence[str] = (str(REPO_ROOT / "scripts" / "serve"),),
     api_front: bool = True,
+    device: str = "auto",
 ) -> BackgroundServer:
     """Launch scripts/serve on free ports and wait until Triton is ready; raise LaunchError with the log if not.
 
     `extra` goes to scripts/serve; `env` adds environment variables (e.g. MMRERANK_API_KEY);
     `launcher` replaces scripts/serve, e.g. `python -m mmrerank.launch.launcher` where no
     virtual environment may be created (a machine without internet). Without `api_front` the
-    rerank API front stays off (its packages need not be installed).
+    rerank API front stays off (its packages need not be installed). `device` is the launcher's
+    `--device`: auto, cpu or gpu.
     """
     http, grpc, metrics, api = free_ports(4)
     api = api if api_front else 0
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [*launcher, "--checkpoint", str(checkpoint), "--http-port", str(http),
+            [*launcher, "--checkpoint", str(checkpoint), "--device", device, "--http-port", str(http),
              "--grpc-port", str(grpc), "--metrics-port", str(metrics), "--api-port", str(api), *extra],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env={**os.environ, **(env or {})},
         )  # fmt: skip

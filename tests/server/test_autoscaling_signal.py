@@ -21,8 +21,9 @@ from pathlib import Path
 import pytest
 import yaml
 from manifests import keda_queries, rule_groups
+from servers import start_server
 
-from mmrerank.dev.background import BackgroundServer, edited_repository, free_ports, start_server
+from mmrerank.dev.background import BackgroundServer, edited_repository, free_ports
 from mmrerank.dev.corpus import rag_documents
 from mmrerank_client import RerankClient, RerankError
 

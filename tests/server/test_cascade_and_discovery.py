@@ -15,9 +15,9 @@ import torch
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from helpers import assert_close, infer
+from servers import start_server
 from tritonclient.utils import InferenceServerException
 
-from mmrerank.dev.background import start_server
 from mmrerank.dev.corpus import text
 from mmrerank_client import RerankClient, ServedModel
 from mmrerank_client.schema import PARAMETER_NAMES

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 from helpers import assert_close, infer, library_scores
+from servers import start_server
 
 from mmrerank.card import Matryoshka2DReranker
 from mmrerank.dev import facts
-from mmrerank.dev.background import start_server
 from mmrerank.launch.launcher import DEFAULT_DEMO_CHECKPOINT
 from mmrerank.launch.supervisor import LaunchError
 from mmrerank.model.reranker import MatryoshkaReranker
@@ -85,6 +85,9 @@ def test_rerank_evaluate_equals_ir_measures_on_independently_fetched_scores(demo
             assert setting["metrics"] == pytest.approx(expected, abs=1e-9)
             assert setting["docs_per_second"] > 0
     assert set(report["baselines"]) == {"first_stage", "random"}
+    first_stage = {qid: {d: float(-rank) for rank, d in enumerate(docids)} for qid, docids in candidates.items()}
+    ceiling = ir_measures.calc_aggregate([ir_measures.R @ 3], dataset.qrels, first_stage)[ir_measures.R @ 3]
+    assert report["recall_ceiling"] == pytest.approx(ceiling, abs=1e-9) and 0 < ceiling <= 1
 
 
 def test_a_checkpoint_the_trainer_writes_is_served_with_parity(tiny_checkpoint, tmp_path):

@@ -2,7 +2,9 @@
 
 The rehearsal is the command a GPU machine runs (`DIR/run`), with `--device cpu --quick`, in a
 fresh virtual environment holding only PyTorch and numpy 2 (as stock PyTorch images do), pip
-forbidden to use an index and nothing but the bundle on the way.
+forbidden to use an index and nothing but the bundle on the way. Building the bundle fetches its
+wheels for the target Python (that is what `scripts/gpu-bundle` does); the bare environment's
+packages come from what the install step already has.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from importlib import metadata
+from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
 from benchmarks import gpu_preflight
 from benchmarks.gpu_bundle import BUNDLE_LIMIT_BYTES
@@ -31,13 +36,45 @@ def bundle(tmp_path_factory):
     return target
 
 
+def link_distribution(name: str, site: Path, linked: set[str]) -> None:
+    """Symlink the installed files of distribution `name` and of what it requires into `site`."""
+    try:
+        distribution = metadata.distribution(name)
+    except metadata.PackageNotFoundError:  # a requirement whose marker does not apply here
+        return
+    key = distribution.metadata["Name"].lower()
+    if key in linked:
+        return
+    linked.add(key)
+    for file in distribution.files or []:
+        source = Path(distribution.locate_file(file))
+        if str(file).startswith("..") or not source.is_file():  # console scripts live outside site-packages
+            continue
+        (site / file).parent.mkdir(parents=True, exist_ok=True)
+        (site / file).symlink_to(source)
+    for requirement in map(Requirement, distribution.requires or []):
+        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+            link_distribution(requirement.name, site, linked)
+
+
 @pytest.fixture(scope="module")
 def bare_python(tmp_path_factory):
-    """A fresh virtual environment with only torch (CPU) and numpy 2 installed."""
-    venv = tmp_path_factory.mktemp("bare") / "venv"
+    """A fresh virtual environment with only torch (CPU) and numpy 2, as stock PyTorch images have.
+
+    Nothing is downloaded here: torch is this environment's own, linked in, and numpy 2 is the wheel
+    scripts/test fetched when it set up (.venv/wheelhouse).
+    """
+    wheelhouse = Path(sys.prefix) / "wheelhouse"
+    assert any(wheelhouse.glob("numpy-2.*.whl")), f"no numpy 2 wheel in {wheelhouse}: run scripts/test to set up"
+    root = tmp_path_factory.mktemp("bare")
+    # A directory named like a site directory: the bundle's `run` carries the machine's site directories over.
+    venv, torch_site = root / "venv", root / "torch" / "site-packages"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
-    install = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "torch==2.13.0", "numpy>=2"]
-    subprocess.run(install, check=True, timeout=900)
+    link_distribution("torch", torch_site, set())
+    (next((venv / "lib").glob("python*/site-packages")) / "torch.pth").write_text(f"{torch_site}\n")
+    install = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index", "--find-links",
+               str(wheelhouse), "numpy>=2"]  # fmt: skip
+    subprocess.run(install, check=True, timeout=300)
     return venv / "bin" / "python"
 
 

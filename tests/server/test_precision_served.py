@@ -11,8 +11,8 @@ import re
 
 import pytest
 from helpers import assert_close, infer, library_scores
+from servers import start_server
 
-from mmrerank.dev.background import start_server
 from mmrerank.launch.supervisor import LaunchError
 from mmrerank.model import MatryoshkaReranker
 

@@ -20,8 +20,9 @@ import cohere
 import pytest
 from gateway import Gateway
 from helpers import scrape
+from servers import start_server
 
-from mmrerank.dev.background import BackgroundServer, start_server
+from mmrerank.dev.background import BackgroundServer
 from mmrerank_client import RerankClient
 
 pytestmark = pytest.mark.slow

@@ -10,8 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 from helpers import assert_close, infer, library_scores
+from servers import start_server
 
-from mmrerank.dev.background import start_server
 from mmrerank.dev.corpus import text
 
 QUERY = "where does the river meet the city library"

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from mmrerank.card import Matryoshka2DReranker
-from mmrerank.serving.reranker_step import sigmoid
 
 # The card's "Basic Usage" and "Reranking Pipeline" code, verbatim but for the import and the model id.
 CARD_SNIPPET = '''
@@ -60,15 +59,15 @@ def test_the_card_snippet_runs_with_only_its_import_changed(tiny_checkpoint):
     assert len(results) == 2 and results[0][1] >= results[1][1]
 
 
-def test_compute_score_equals_the_library_at_every_exit(tiny_checkpoint, reranker, pair_tokenizer):
+def test_compute_score_equals_the_transformers_reference_at_every_exit(tiny_checkpoint, reference):
+    """Against the independent reference (transformers' ModernBERT and the card's heads), not the code it wraps."""
     model = Matryoshka2DReranker.from_pretrained(tiny_checkpoint, device="cpu")
     pairs = [("river delta", "The river reaches the sea."), ("river delta", "bread " * 300), ("other", "short")]
-    for layer in reranker.spec.layer_indices:
-        for dim in reranker.spec.dim_indices:
-            scores = model.compute_score(pairs, layer_idx=layer, dim_idx=dim, batch_size=2)
-            rows = [pair_tokenizer.encode(q, [d], 32768).rows()[0] for q, d in pairs]
-            logits = reranker.logits(np.concatenate(rows), [len(r) for r in rows], layer, [dim] * len(rows))
-            np.testing.assert_allclose(scores, sigmoid(logits), atol=1e-5)
+    for layer in model.reranker.spec.layer_indices:
+        for dim in model.reranker.spec.dim_indices:
+            scores = model.compute_score(pairs, layer_idx=layer, dim_idx=dim, batch_size=2, normalize=False)
+            expected = [reference.logit(query, document, layer, dim) for query, document in pairs]
+            np.testing.assert_allclose(scores, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_rerank_and_bad_exits(tiny_checkpoint):

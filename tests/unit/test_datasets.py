@@ -117,6 +117,7 @@ def _report(per_query: dict[str, float], first_stage: str = "BM25 (bm25s)") -> d
     return {
         "dataset": "beir", "split": "test", "first_stage": first_stage, "candidates_per_query": 6,
         "url": "grpc://127.0.0.1:8001", "checkpoint": "demo", "queries": len(per_query), "baselines": {},
+        "recall_ceiling": 0.9,
         "settings": [{"label": "L6 D128", "per_query": {"nDCG@10": per_query}, "metrics": dict.fromkeys(
             evaluate.MEASURES, sum(per_query.values()) / len(per_query)), "docs_per_second": 1.0, "pareto": True}],
     }  # fmt: skip
@@ -129,7 +130,8 @@ def test_a_baseline_report_gives_each_setting_its_paired_difference(tmp_path):
     evaluate.compare_with_baseline(report, evaluate.load_baseline(path))
     versus = report["settings"][0]["versus_baseline"]
     assert versus["queries"] == 3 and versus["delta_nDCG@10"] == pytest.approx(0.5 / 3)
-    assert "ΔnDCG@10 vs baseline" in evaluate.markdown_table(report)
+    table = evaluate.markdown_table(report)
+    assert "ΔnDCG@10 vs baseline" in table and "(R@6 0.9000, the most any reranking reaches)" in table
     with pytest.raises(ValueError, match="not the same candidates"):
         evaluate.compare_with_baseline(_report({"q1": 1.0}, "run file other.trec"), baseline)
     path.write_text(json.dumps({"first_stage": "BM25 (bm25s)", "settings": [{"label": "L6 D128"}]}))

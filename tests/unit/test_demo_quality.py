@@ -45,18 +45,16 @@ def test_held_out_queries_score_better_deeper_and_wider(demo):
     spec = demo.reranker.spec
     deepest = top1_accuracy(demo, spec.default_layer, spec.default_dim)
     shallowest = top1_accuracy(demo, min(spec.layer_indices), min(spec.dim_indices))
-    assert deepest > 0.5 > 1 / 3  # measured: 0.59 at (6, 128), 0.38 at (1, 8)
+    assert deepest > 0.5  # chance is 1/3; measured: 0.59 at (6, 128), 0.38 at (1, 8)
     assert deepest > shallowest + 0.1
 
 
-def test_the_needle_is_found_in_full_context_and_lost_beyond_512_tokens(demo):
-    """The demo finds the answer at the START above chance and loses the END when capped at 512 tokens.
+def test_the_needle_is_found_above_chance_in_full_context(demo):
+    """The demo finds the answer at the START of a 1,500-token document above chance.
 
-    (It does not yet find the END as often as the START with the full context: see docs/benchmarks.md.)
+    (It does not yet find the END as often as the START: see docs/benchmarks.md.)
     """
     cases = facts.needle_cases(10, sentences_for(demo, 1500), distractors=4)
     layer, dim = demo.reranker.spec.default_layer, demo.reranker.spec.default_dim
     full = found_rate(demo, cases, layer, dim, None)
-    capped = found_rate(demo, cases, layer, dim, 512)
-    assert full["START"] >= 0.4 > 1 / 5  # measured: 0.5; chance is 1 in 5
-    assert capped["END"] == 0.0  # the answer is cut away: answer and distractors tie
+    assert full["START"] >= 0.4  # measured: 0.5; chance is 1 in 5

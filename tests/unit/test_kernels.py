@@ -50,7 +50,7 @@ def assert_equal_for_every_exit(other: MatryoshkaReranker, padded: MatryoshkaRer
         )
 
 
-@pytest.mark.parametrize("name", CPU_KERNELS)
+@pytest.mark.parametrize("name", [name for name in CPU_KERNELS if name != "padded"])  # padded: test_exits
 def test_every_cpu_kernel_equals_the_padded_kernel_for_every_exit(tiny_checkpoint, reranker, name):
     assert_equal_for_every_exit(
         MatryoshkaReranker.from_pretrained(tiny_checkpoint, device="cpu", attention=name), reranker
