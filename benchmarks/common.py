@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from mmrerank.dev.corpus import text
-from mmrerank.dev.demo import build_demo_checkpoint
-from mmrerank.serving.contract import RerankOptions
+from mmrerank.dev.random_checkpoint import build_random_checkpoint
+from mmrerank.serving.contract import RequestOptions
 from mmrerank.serving.reranker_step import RerankerStep, ScoredBatch, ScoreRequest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +30,7 @@ def demo_checkpoint(preset: str) -> Path:
     path = REPO_ROOT / "checkpoints" / f"demo-{preset}"
     if not (path / "model.safetensors").is_file():
         progress(f"building the {preset} demo checkpoint in {path}")
-        build_demo_checkpoint(path, preset)
+        build_random_checkpoint(path, preset)
     return path
 
 
@@ -62,7 +62,7 @@ def score_planned(
     step: RerankerStep, rows: Sequence[np.ndarray], layer: int, dim: int, max_length: int = 32768
 ) -> ScoredBatch:
     """Raw logits of many rows at one exit through the serving step's planner (one request)."""
-    options = RerankOptions(layer=layer, dim=dim, normalize=False, max_length=max_length, truncate=True)
+    options = RequestOptions(layer=layer, dim=dim, normalize=False, max_length=max_length, truncate=True)
     return step.score([ScoreRequest(list(rows), options)])
 
 

@@ -41,7 +41,7 @@ from mmrerank.dev.background import start_server
 from mmrerank.layout import CheckpointLayout, EncoderConfig
 from mmrerank.model import MatryoshkaReranker
 from mmrerank.model.kernels import KERNELS, choose_kernel
-from mmrerank.serving.contract import RerankOptions
+from mmrerank.serving.contract import RequestOptions
 from mmrerank.serving.reranker_step import RerankerStep, ScoreRequest
 from mmrerank_client import RerankClient
 
@@ -250,7 +250,7 @@ def in_process_beside_long(reranker: MatryoshkaReranker, layout: CheckpointLayou
     long_tokens = plan.beside_long[0]
     rows = tokenizer.encode("river", beside_long_documents(plan), long_tokens).rows()
     step = RerankerStep(reranker, plan.max_batch_tokens)
-    options = RerankOptions(layer=layout.spec.default_layer, dim=layout.spec.default_dim, normalize=False,
+    options = RequestOptions(layer=layout.spec.default_layer, dim=layout.spec.default_dim, normalize=False,
                             max_length=long_tokens, truncate=True)  # fmt: skip
     cuda = reranker.device.type == "cuda"
     if cuda:

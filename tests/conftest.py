@@ -13,14 +13,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from servers import start_server  # noqa: E402
 
 from mmrerank.dev.background import BackgroundServer  # noqa: E402
-from mmrerank.dev.demo import build_demo_checkpoint  # noqa: E402
+from mmrerank.dev.random_checkpoint import build_random_checkpoint  # noqa: E402
 from mmrerank.launch.supervisor import LaunchError  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random-weight checkpoint in the published layout (6 layers, hidden 128, 20 exits)."""
-    return build_demo_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint"), "tiny", seed=0)
+    return build_random_checkpoint(tmp_path_factory.mktemp("tiny-checkpoint"), "tiny", seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -7,16 +7,14 @@ with the query: the same fact about another place, or another fact about the sam
 run from one sentence to thousands of tokens: the answer sits among other places' facts.
 
 Places are split by name into disjoint sets, so the demo is trained on one set and evaluated
-(`write_beir`) and needle-tested (`needle_cases`) on places it never saw.
+(`mmrerank.dev.task_data.write_beir`) and needle-tested (`mmrerank.dev.needle`) on places it never saw.
 """
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 LANGUAGES: tuple[str, ...] = ("en", "de", "fr", "es", "sw")
 
@@ -197,104 +195,11 @@ class World:
         return self.rng.randint(60, 200)
 
 
-def training_examples(
-    count: int, seed: int = 0, long_documents: bool = True, num_places: int = 400
-) -> Iterator[dict[str, object]]:
-    """`count` trainer examples (`{query, positive, negatives}`) over the training places, languages in turn.
-
-    The negatives: the same fact of another place, another fact of the same place, both, and an
-    unrelated document. Without `long_documents`, no document holds more than four facts.
-    """
-    world = World(place_names(num_places, seed), seed)
-    for index in range(count):
-        language = LANGUAGES[index % len(LANGUAGES)]
-        fact = world.facts[world.rng.choice(world.places)][world.rng.choice(RELATIONS)]
-        same_relation, same_place = world.near_misses(fact)
-        length = world.filler_length(long_documents)
-        negatives = [
-            world.document(language, [same_relation], length, fact),
-            world.document(language, [same_place], world.filler_length(long_documents), fact),
-            world.document(language, [same_relation, same_place], world.filler_length(long_documents), fact),
-            world.document(language, [world.random_fact(excluding=fact)], world.filler_length(long_documents), fact),
-        ]
-        positive = world.document(language, [fact], length, fact)
-        yield {"query": fact.question(language), "positive": positive, "negatives": negatives}
-
-
-def write_training_jsonl(path: str | Path, count: int, seed: int = 0, long_documents: bool = True) -> Path:
-    """`training_examples` as the trainer's JSONL input."""
-    _write_jsonl(Path(path), list(training_examples(count, seed, long_documents)))
-    return Path(path)
-
-
 def held_out_world(num_places: int = 120, seed: int = 1) -> World:
     """Places disjoint from every training place (their names are checked against the training pool)."""
     seen = set(place_names(400, 0))
     candidates = [name for name in place_names(num_places * 3, 10_000 + seed) if name not in seen]
     return World(candidates[:num_places], 10_000 + seed)
-
-
-def write_beir(out_dir: str | Path, num_queries: int = 100, seed: int = 1) -> Path:
-    """A BEIR-format data set (`corpus.jsonl`, `queries.jsonl`, `qrels/test.tsv`) over held-out places.
-
-    Each query has one relevant document; the corpus also holds, per query, a document with the
-    same fact of another place and one with another fact of the same place, so a lexical first
-    stage retrieves them too.
-    """
-    world = held_out_world(seed=seed)
-    out = Path(out_dir)
-    (out / "qrels").mkdir(parents=True, exist_ok=True)
-    corpus: list[dict[str, object]] = []
-    queries: list[dict[str, object]] = []
-    qrels: list[str] = []
-    for index in range(num_queries):
-        language = LANGUAGES[index % len(LANGUAGES)]
-        fact = world.facts[world.rng.choice(world.places)][world.rng.choice(RELATIONS)]
-        documents = [world.document(language, [fact], world.filler_length(), fact)]
-        documents += [world.document(language, [miss], world.filler_length(), fact) for miss in world.near_misses(fact)]
-        for number, text in enumerate(documents):
-            corpus.append({"_id": f"d{index}-{number}", "title": "", "text": text})
-        queries.append({"_id": f"q{index}", "text": fact.question(language), "language": language})
-        qrels.append(f"q{index}\td{index}-0\t1")
-    _write_jsonl(out / "corpus.jsonl", corpus)
-    _write_jsonl(out / "queries.jsonl", queries)
-    (out / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(qrels) + "\n", encoding="utf-8")
-    return out
-
-
-@dataclass(frozen=True)
-class NeedleCase:
-    """A long document with the answer at `position`, beside distractors of the same length without it."""
-
-    query: str
-    position: str
-    answer: str
-    distractors: list[str]
-
-
-NEEDLE_POSITIONS: tuple[str, ...] = ("START", "MIDDLE", "END")
-
-
-def needle_cases(
-    num_queries: int, sentences: int, distractors: int = 4, seed: int = 2, language: str = "en"
-) -> list[NeedleCase]:
-    """For each query, one haystack of `sentences` other facts per position, the answer put there.
-
-    Distractors hold the same haystack with a near miss (the same fact of another place) where the
-    answer was, so only the answer sentence tells them apart.
-    """
-    world = held_out_world(seed=seed)
-    cases = []
-    for _ in range(num_queries):
-        fact = world.facts[world.rng.choice(world.places)][world.rng.choice(RELATIONS)]
-        haystack = [world.random_fact(excluding=fact).statement(language) for _ in range(sentences)]
-        misses = [world.facts[world.random_fact(excluding=fact).place][fact.relation] for _ in range(distractors)]
-        for position in NEEDLE_POSITIONS:
-            at = {"START": 0, "MIDDLE": sentences // 2, "END": sentences}[position]
-            answer = " ".join([*haystack[:at], fact.statement(language), *haystack[at:]])
-            others = [" ".join([*haystack[:at], miss.statement(language), *haystack[at:]]) for miss in misses]
-            cases.append(NeedleCase(fact.question(language), position, answer, others))
-    return cases
 
 
 def text_lines(seed: int = 0, count: int = 6000) -> Iterator[str]:
@@ -304,7 +209,3 @@ def text_lines(seed: int = 0, count: int = 6000) -> Iterator[str]:
         language = LANGUAGES[index % len(LANGUAGES)]
         fact = world.random_fact()
         yield fact.question(language) if index % 3 == 0 else fact.statement(language)
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, object]]) -> None:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")

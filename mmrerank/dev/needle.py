@@ -16,11 +16,47 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from mmrerank.card import Matryoshka2DReranker
-from mmrerank.dev.facts import NEEDLE_POSITIONS, NeedleCase, needle_cases
+from mmrerank.dev.facts import RELATIONS, held_out_world
 from mmrerank.launch.launcher import DEFAULT_DEMO_CHECKPOINT
+from mmrerank.model import Matryoshka2DReranker
+
+
+@dataclass(frozen=True)
+class NeedleCase:
+    """A long document with the answer at `position`, beside distractors of the same length without it."""
+
+    query: str
+    position: str
+    answer: str
+    distractors: list[str]
+
+
+NEEDLE_POSITIONS: tuple[str, ...] = ("START", "MIDDLE", "END")
+
+
+def needle_cases(
+    num_queries: int, sentences: int, distractors: int = 4, seed: int = 2, language: str = "en"
+) -> list[NeedleCase]:
+    """For each query, one haystack of `sentences` other facts per position, the answer put there.
+
+    Distractors hold the same haystack with a near miss (the same fact of another place) where the
+    answer was, so only the answer sentence tells them apart.
+    """
+    world = held_out_world(seed=seed)
+    cases = []
+    for _ in range(num_queries):
+        fact = world.facts[world.rng.choice(world.places)][world.rng.choice(RELATIONS)]
+        haystack = [world.random_fact(excluding=fact).statement(language) for _ in range(sentences)]
+        misses = [world.facts[world.random_fact(excluding=fact).place][fact.relation] for _ in range(distractors)]
+        for position in NEEDLE_POSITIONS:
+            at = {"START": 0, "MIDDLE": sentences // 2, "END": sentences}[position]
+            answer = " ".join([*haystack[:at], fact.statement(language), *haystack[at:]])
+            others = [" ".join([*haystack[:at], miss.statement(language), *haystack[at:]]) for miss in misses]
+            cases.append(NeedleCase(fact.question(language), position, answer, others))
+    return cases
 
 
 def sentences_for(model: Matryoshka2DReranker, tokens: int, language: str = "en") -> int:

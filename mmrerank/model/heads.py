@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -28,3 +29,8 @@ class MatryoshkaHeads(nn.ModuleDict):
         """Logits [batch] of head (layer, dim) on the first `dim` features of the CLS vectors, in fp32."""
         head = self[str(layer)][str(dim)]
         return head(cls[:, :dim].float()).squeeze(-1)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Logistic function in fp32, stable for large magnitudes."""
+    return (0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))).astype(np.float32)

@@ -1,7 +1,7 @@
 """Validation of what a client sends: request parameters, document lists, UTF-8 text.
 
-The tokenizer step parses a request's parameters once into `RerankOptions`, which travel to the
-reranker as the `_options` tensor beside the ids. Every failure is an `InvalidRequestError` whose
+The tokenizer step parses a request's parameters once into `RequestOptions`, which travel to the
+reranker as the `_options` tensor beside the ids. Every failure is an `RequestRefused` whose
 message says what was wrong and what is allowed; the Triton models turn it into an INVALID_ARG
 response for that request alone. Names, types and bounds come from the schema, `mmrerank_client.schema`.
 """
@@ -30,7 +30,7 @@ from mmrerank_client.schema import (
 QUOTE_LIMIT = 100
 
 
-class InvalidRequestError(ValueError):
+class RequestRefused(ValueError):
     """The client sent something this service cannot score; the message is safe to return.
 
     `reason` is one of the schema's refusal codes (`mmrerank_client.schema.REASONS`): the metrics
@@ -58,7 +58,7 @@ class Prefilter:
 
 
 @dataclass(frozen=True)
-class RerankOptions:
+class RequestOptions:
     """The per-request knobs, defaults filled in."""
 
     layer: int
@@ -76,7 +76,7 @@ class RerankOptions:
         return np.array(values, dtype=np.int32)
 
     @classmethod
-    def from_array(cls, values: np.ndarray) -> RerankOptions:
+    def from_array(cls, values: np.ndarray) -> RequestOptions:
         """The inverse of `to_array`, trusted: the tokenizer step validated the request."""
         layer, dim, normalize, max_length, truncate, prefilter_layer, prefilter_dim, top_k = (int(v) for v in values)
         prefilter = Prefilter(prefilter_layer, prefilter_dim, top_k) if top_k else None
@@ -94,9 +94,9 @@ def parse_parameters(text: str) -> dict[str, object]:
     try:
         parameters = json.loads(text or "{}")
     except json.JSONDecodeError as error:
-        raise InvalidRequestError("request parameters are not valid JSON", "bad_parameters") from error
+        raise RequestRefused("request parameters are not valid JSON", "bad_parameters") from error
     if not isinstance(parameters, dict):
-        raise InvalidRequestError("request parameters must be an object", "bad_parameters")
+        raise RequestRefused("request parameters must be an object", "bad_parameters")
     return parameters
 
 
@@ -105,12 +105,12 @@ def _typed(parameters: Mapping[str, object], parameter: Parameter, default: int 
     value = parameters.get(parameter.name, default)
     given = f"{type(value).__name__} {quote(value)}"
     if parameter.kind is bool and not isinstance(value, bool):
-        raise InvalidRequestError(
+        raise RequestRefused(
             f"parameter '{parameter.name}' must be a boolean (true or false), got {given}",
             "parameter_type",
         )
     if parameter.kind is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise InvalidRequestError(
+        raise RequestRefused(
             f"parameter '{parameter.name}' must be an integer, got {given}",
             "parameter_type",
         )
@@ -121,9 +121,7 @@ def _one_of(parameters: Mapping[str, object], name: str, default: int, allowed: 
     """An integer parameter that must be one of `allowed` (`what` describes them in the refusal)."""
     value = int(_typed(parameters, BY_NAME[name], default))
     if value not in allowed:
-        raise InvalidRequestError(
-            f"parameter '{name}' must be {what}one of {list(allowed)}, got {value}", "parameter_value"
-        )
+        raise RequestRefused(f"parameter '{name}' must be {what}one of {list(allowed)}, got {value}", "parameter_value")
     return value
 
 
@@ -136,13 +134,13 @@ def _within(parameters: Mapping[str, object], name: str, default: int, bounds: t
         low, high = bounds
         problem = None if low <= value <= high else f"parameter '{name}' must be between {low} and {high}, got {value}"
     if problem:
-        raise InvalidRequestError(problem, "parameter_value")
+        raise RequestRefused(problem, "parameter_value")
     return value
 
 
 def parse_options(
     parameters: Mapping[str, object], spec: MatryoshkaSpec, max_length_cap: int, min_max_length: int = 1
-) -> RerankOptions:
+) -> RequestOptions:
     """Check every parameter's name, type and bounds against the schema; fill in defaults.
 
     The checkpoint gives the exits and their defaults; `max_length` lies between `min_max_length`
@@ -150,7 +148,7 @@ def parse_options(
     """
     unknown = sorted(set(parameters) - set(PARAMETER_NAMES))
     if unknown:
-        raise InvalidRequestError(
+        raise RequestRefused(
             f"unknown parameter {quote(unknown[0])}; allowed parameters: {', '.join(PARAMETER_NAMES)}",
             "unknown_parameter",
         )
@@ -159,7 +157,7 @@ def parse_options(
             _typed(parameters, parameter, False)
     layer = _one_of(parameters, "layer", spec.default_layer, spec.layer_indices)
     dim = _one_of(parameters, "dim", spec.default_dim, spec.dim_indices)
-    return RerankOptions(
+    return RequestOptions(
         layer=layer,
         dim=dim,
         normalize=bool(_typed(parameters, BY_NAME["normalize"], True)),
@@ -176,7 +174,7 @@ def _prefilter(parameters: Mapping[str, object], spec: MatryoshkaSpec, layer: in
     if not given:
         return None
     if "prefilter_layer" not in parameters or "prefilter_top_k" not in parameters:
-        raise InvalidRequestError(
+        raise RequestRefused(
             f"parameter '{given[0]}' needs both 'prefilter_layer' and 'prefilter_top_k' (a cascade scores every "
             "document at prefilter_layer and continues the best prefilter_top_k to 'layer')",
             "parameter_value",
@@ -196,22 +194,20 @@ def decode_texts(values: np.ndarray, what: str, max_bytes: int) -> list[str]:
         raw = value if isinstance(value, bytes) else str(value).encode("utf-8")
         label = what if values.size == 1 and what == "query" else f"{what} {index}"
         if len(raw) > max_bytes:
-            raise InvalidRequestError(f"{label} has {len(raw)} bytes; at most {max_bytes} are allowed", "text_size")
+            raise RequestRefused(f"{label} has {len(raw)} bytes; at most {max_bytes} are allowed", "text_size")
         try:
             texts.append(raw.decode("utf-8"))
         except UnicodeDecodeError as error:
-            raise InvalidRequestError(f"{label} is not valid UTF-8 (byte {error.start})", "not_utf8") from error
+            raise RequestRefused(f"{label} is not valid UTF-8 (byte {error.start})", "not_utf8") from error
     return texts
 
 
 def check_document_count(count: int, max_documents: int) -> None:
     """A request carries between 1 and `max_documents` documents."""
     if count == 0:
-        raise InvalidRequestError(
-            f"'documents' is empty; send between 1 and {max_documents} documents", "document_count"
-        )
+        raise RequestRefused(f"'documents' is empty; send between 1 and {max_documents} documents", "document_count")
     if count > max_documents:
-        raise InvalidRequestError(
+        raise RequestRefused(
             f"'documents' holds {count} documents; at most {max_documents} are allowed per request", "document_count"
         )
 
@@ -219,7 +215,7 @@ def check_document_count(count: int, max_documents: int) -> None:
 def check_request_tokens(total: int, max_tokens: int) -> None:
     """A request's pairs hold at most `max_tokens` tokens after truncation."""
     if total > max_tokens:
-        raise InvalidRequestError(
+        raise RequestRefused(
             f"the request's pairs hold {total} tokens after truncation; at most {max_tokens} are "
             "allowed per request (max_request_tokens): send fewer or shorter documents, or a lower max_length",
             "request_tokens",
@@ -233,7 +229,7 @@ def check_request_bytes(query: np.ndarray, documents: np.ndarray, max_bytes: int
         len(value) if isinstance(value, bytes) else len(str(value).encode()) for value in documents.reshape(-1)
     )
     if total > max_bytes:
-        raise InvalidRequestError(
+        raise RequestRefused(
             f"the request carries {total} bytes of text; at most {max_bytes} are allowed per request "
             "(max_request_bytes)",
             "request_bytes",

@@ -20,9 +20,10 @@ import torch
 
 from mmrerank.model import MatryoshkaReranker
 from mmrerank.model.attention import StopCheck
+from mmrerank.model.heads import sigmoid
 from mmrerank.serving.contract import (
-    InvalidRequestError,
-    RerankOptions,
+    RequestOptions,
+    RequestRefused,
     check_document_count,
     check_request_tokens,
     parse_options,
@@ -37,7 +38,7 @@ class ScoreRequest:
     """One validated request: its pairs as unpadded id rows, its options, and when nobody waits for it any more."""
 
     rows: list[np.ndarray]
-    options: RerankOptions
+    options: RequestOptions
     deadline: float = NO_DEADLINE  # monotonic clock
     request_id: str = ""  # Triton's request id: the rerank API front cancels by it
 
@@ -93,11 +94,6 @@ class DirectCaps:
     default_deadline_ms: int | None = None
     max_tokens_per_pair: int = 2**31 - 1  # never past the model's positions
     min_pair_tokens: int = 1  # the pair template's special tokens and one document token
-
-
-def sigmoid(logits: np.ndarray) -> np.ndarray:
-    """Logistic function in fp32, stable for large magnitudes."""
-    return (0.5 * (1.0 + np.tanh(0.5 * logits.astype(np.float64)))).astype(np.float32)
 
 
 Done = Callable[[Outcome], None]
@@ -170,7 +166,7 @@ class RerankerStep:
 
     def direct_options(
         self, parameters: Mapping[str, object], pairs: int, tokens: int, arrived: float
-    ) -> tuple[RerankOptions, float]:
+    ) -> tuple[RequestOptions, float]:
         """Options and deadline of a request sent to this model directly, not through the tokenizer step.
 
         Its parameters are parsed as the tokenizer step parses them, with this model's own caps:
@@ -193,14 +189,14 @@ class RerankerStep:
         self,
         input_ids: np.ndarray,
         lengths: np.ndarray,
-        options: RerankOptions,
+        options: RequestOptions,
         deadline: float = NO_DEADLINE,
         request_id: str = "",
     ) -> ScoreRequest:
         """Check one request's ragged row (ids end to end, per-pair lengths) against what protects this process.
 
         `options` are trusted (the tokenizer step or `direct_options` validated them) but for their
-        exits, which must exist. Raises InvalidRequestError when the tensors disagree, the options
+        exits, which must exist. Raises RequestRefused when the tensors disagree, the options
         name an exit the checkpoint lacks, a pair is longer than the request's `max_length` or the
         model's positions, or an id is outside the vocabulary.
         """
@@ -209,21 +205,21 @@ class RerankerStep:
         if options.prefilter is not None:
             exits.append((options.prefilter.layer, options.prefilter.dim))
         if any(layer not in spec.layer_indices or dim not in spec.dim_indices for layer, dim in exits):
-            raise InvalidRequestError(f"'_options' names an exit this checkpoint lacks: {exits}", "bad_tensor")
+            raise RequestRefused(f"'_options' names an exit this checkpoint lacks: {exits}", "bad_tensor")
         longest = min(options.max_length, config.max_position_embeddings)
         ids, lengths = input_ids.reshape(-1), lengths.reshape(-1)
         if lengths.size == 0 or int(lengths.astype(np.int64).sum()) != ids.size:
-            raise InvalidRequestError(
+            raise RequestRefused(
                 f"'_lengths' must add up to the {ids.size} ids of '_input_ids', one entry per pair", "bad_tensor"
             )
         if lengths.min() < 1 or lengths.max() > longest:
-            raise InvalidRequestError(
+            raise RequestRefused(
                 f"every pair must hold between 1 and max_length={longest} tokens, "
                 f"got {int(lengths.min())} to {int(lengths.max())}",
                 "bad_tensor",
             )
         if ids.min() < 0 or ids.max() >= config.vocab_size:
-            raise InvalidRequestError(f"token ids must lie between 0 and {config.vocab_size - 1}", "bad_tensor")
+            raise RequestRefused(f"token ids must lie between 0 and {config.vocab_size - 1}", "bad_tensor")
         return ScoreRequest(np.split(ids, np.cumsum(lengths)[:-1]), options, float(deadline), request_id)
 
     @property

@@ -10,8 +10,8 @@ import numpy as np
 
 from mmrerank.layout import CheckpointLayout
 from mmrerank.serving.contract import (
-    InvalidRequestError,
-    RerankOptions,
+    RequestOptions,
+    RequestRefused,
     check_document_count,
     check_request_bytes,
     check_request_tokens,
@@ -28,7 +28,7 @@ class TokenizedRequest:
     """One request's encoded pairs, its validated options, and the monotonic instant after which nobody waits."""
 
     pairs: EncodedPairs
-    options: RerankOptions
+    options: RequestOptions
     deadline: float
 
 
@@ -57,7 +57,7 @@ class TokenizerStep:
     def run(
         self, query: np.ndarray, documents: np.ndarray, parameters: Mapping[str, object], arrived: float | None = None
     ) -> TokenizedRequest:
-        """Encode one request, or raise InvalidRequestError saying what is wrong with it.
+        """Encode one request, or raise RequestRefused saying what is wrong with it.
 
         Its deadline counts from `arrived` (the monotonic clock; now by default: when this step
         started on the request, the earliest point the server's models see): the request's
@@ -66,7 +66,7 @@ class TokenizerStep:
         arrived = time.monotonic() if arrived is None else arrived
         options = parse_options(parameters, self.spec, self.max_tokens_per_pair, self.tokenizer.min_max_length)
         if query.size != 1:
-            raise InvalidRequestError(f"'query' must hold exactly one text, got {query.size}", "bad_tensor")
+            raise RequestRefused(f"'query' must hold exactly one text, got {query.size}", "bad_tensor")
         check_document_count(documents.size, self.max_documents)
         check_request_bytes(query, documents, self.max_request_bytes)
         query_text = decode_texts(query, "query", self.max_text_bytes)[0]
@@ -74,9 +74,9 @@ class TokenizerStep:
         try:
             encoded = self.tokenizer.encode(query_text, document_texts, options.max_length, options.truncate)
         except QueryTooLongError as error:
-            raise InvalidRequestError(str(error), "query_too_long") from error
+            raise RequestRefused(str(error), "query_too_long") from error
         except PairTooLongError as error:
-            raise InvalidRequestError(str(error), "pair_too_long") from error
+            raise RequestRefused(str(error), "pair_too_long") from error
         check_request_tokens(int(encoded.lengths.sum()), self.max_request_tokens)
         deadline_ms = options.deadline_ms if options.deadline_ms is not None else self.default_deadline_ms
         return TokenizedRequest(encoded, options, request_deadline(arrived, deadline_ms))

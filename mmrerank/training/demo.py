@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mmrerank.dev import facts
-from mmrerank.dev.demo import build_demo_checkpoint
+from mmrerank.dev import facts, task_data
+from mmrerank.dev.random_checkpoint import build_random_checkpoint
 from mmrerank.training.data import read_jsonl
 from mmrerank.training.trainer import Trainer, TrainingSettings
 
@@ -34,7 +34,7 @@ LONG_PHASE = TrainingSettings(batch_size=16, learning_rate=5e-4, negatives=4, ma
 
 def fresh_start(out_dir: Path, seed: int) -> Path:
     """The tiny preset with a tokenizer learnt from the task's text and small random weights (std 0.02)."""
-    start = build_demo_checkpoint(out_dir, "tiny", seed, tokenizer_lines=facts.text_lines(seed))
+    start = build_random_checkpoint(out_dir, "tiny", seed, tokenizer_lines=facts.text_lines(seed))
     generator = torch.Generator().manual_seed(seed)
     state = {
         name: (
@@ -56,9 +56,11 @@ def build_trained_demo(
     with tempfile.TemporaryDirectory(prefix="demo-") as scratch:
         work = Path(scratch)
         start = fresh_start(work / "start", seed)
-        short = read_jsonl(facts.write_training_jsonl(work / "short.jsonl", short_examples, seed, long_documents=False))
+        short = read_jsonl(
+            task_data.write_training_jsonl(work / "short.jsonl", short_examples, seed, long_documents=False)
+        )
         learnt = Trainer(start, SHORT_PHASE, torch.device("cpu")).fit(short, work / "short", DEMO_NAME)
-        long = read_jsonl(facts.write_training_jsonl(work / "long.jsonl", long_examples, seed + 1))
+        long = read_jsonl(task_data.write_training_jsonl(work / "long.jsonl", long_examples, seed + 1))
         return Trainer(learnt, LONG_PHASE, torch.device("cpu")).fit(long, out_dir, DEMO_NAME)
 
 

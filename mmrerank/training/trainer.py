@@ -36,6 +36,7 @@ from mmrerank.model.kernels import PackedRows, choose_kernel
 from mmrerank.model.reranker import default_device
 from mmrerank.model.weights import load_checkpoint
 from mmrerank.serving.pair_tokenizer import PairTokenizer
+from mmrerank.serving.planner import plan_micro_batches
 from mmrerank.training.data import TrainingExample, read_examples
 from mmrerank_client.datasets import DatasetError
 
@@ -103,18 +104,13 @@ class Trainer:
         return rows, labels
 
     def micro_batches(self, rows: list[np.ndarray]) -> Iterator[list[int]]:
-        """Row indices, shortest first, in groups of at most `max_batch_tokens` tokens when padded.
+        """Row indices in groups of at most `max_batch_tokens` tokens when padded, cut by the serving planner.
 
         Padded to the group's longest row, so every attention kernel keeps to it; a longer row goes alone.
         """
-        group: list[int] = []
-        for index in sorted(range(len(rows)), key=lambda i: len(rows[i])):
-            if group and (len(group) + 1) * len(rows[index]) > self.settings.max_batch_tokens:
-                yield group
-                group = []
-            group.append(index)
-        if group:
-            yield group
+        lengths = [len(row) for row in rows]
+        for batch in plan_micro_batches(lengths, [0] * len(rows), self.settings.max_batch_tokens):
+            yield list(batch.indices)
 
     def loss(self, rows: list[np.ndarray], labels: torch.Tensor) -> torch.Tensor:
         """The weighted BCE over every head for one micro-batch, summed over its pairs."""

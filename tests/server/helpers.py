@@ -9,7 +9,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from mmrerank.serving.reranker_step import sigmoid
+from mmrerank.model.heads import sigmoid
 
 MODEL = "rerank"
 

@@ -14,10 +14,10 @@ import torch
 from helpers import assert_close, infer, library_scores
 from servers import start_server
 
-from mmrerank.card import Matryoshka2DReranker
-from mmrerank.dev import facts
+from mmrerank.dev import task_data
 from mmrerank.launch.launcher import DEFAULT_DEMO_CHECKPOINT
 from mmrerank.launch.supervisor import LaunchError
+from mmrerank.model import Matryoshka2DReranker
 from mmrerank.model.reranker import MatryoshkaReranker
 from mmrerank.serving.pair_tokenizer import PairTokenizer
 from mmrerank.training.data import read_jsonl
@@ -60,7 +60,7 @@ def test_the_card_api_scores_as_the_server_does(demo_server):
 
 
 def test_rerank_evaluate_equals_ir_measures_on_independently_fetched_scores(demo_server, tmp_path):
-    data = facts.write_beir(tmp_path / "beir", num_queries=10)
+    data = task_data.write_beir(tmp_path / "beir", num_queries=10)
     out = tmp_path / "report"
     command = [sys.executable, "-m", "mmrerank_client.cli", "evaluate", str(data), "--url", f"http://{demo_server.http_url}",
                "--exits", "1:8,6:128", "--cascade", "1:32:2>6:128", "--depth", "3", "--output", str(out)]  # fmt: skip
@@ -91,7 +91,7 @@ def test_rerank_evaluate_equals_ir_measures_on_independently_fetched_scores(demo
 
 
 def test_a_checkpoint_the_trainer_writes_is_served_with_parity(tiny_checkpoint, tmp_path):
-    examples = read_jsonl(facts.write_training_jsonl(tmp_path / "train.jsonl", 4))
+    examples = read_jsonl(task_data.write_training_jsonl(tmp_path / "train.jsonl", 4))
     settings = TrainingSettings(batch_size=4, learning_rate=1e-3, max_length=256, max_batch_tokens=4096)
     trained = Trainer(tiny_checkpoint, settings, torch.device("cpu")).fit(examples, tmp_path / "trained", "fine-tuned")
     running = started(trained, tmp_path)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmrerank.api.__main__ import main as api_main
-from mmrerank.serving.contract import RerankOptions
+from mmrerank.serving.contract import RequestOptions
 from mmrerank.serving.deadlines import CANCEL_DIRECTORY_ENV, NOTICE_LIFETIME_SECONDS, CancelNotices
 from mmrerank.serving.reranker_step import RerankerStep, ScoreRequest
 
@@ -63,7 +63,7 @@ def test_forgetting_removes_the_notice(tmp_path):
 
 def test_the_reranker_removes_the_notice_of_the_request_it_stopped(reranker, tmp_path):
     notices, request_id = CancelNotices(tmp_path), uuid.uuid4().hex
-    options = RerankOptions(layer=6, dim=128, normalize=False, max_length=512, truncate=True)
+    options = RequestOptions(layer=6, dim=128, normalize=False, max_length=512, truncate=True)
     rows = [np.array([2, 5, 6, 1], dtype=np.int32)] * 3
     notices.cancel(request_id)
     scored = RerankerStep(reranker, 1000, cancels=notices).score([ScoreRequest(rows, options, request_id=request_id)])

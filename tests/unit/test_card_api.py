@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mmrerank.card import Matryoshka2DReranker
+from mmrerank.model import Matryoshka2DReranker
 
 # The card's "Basic Usage" and "Reranking Pipeline" code, verbatim but for the import and the model id.
 CARD_SNIPPET = '''
 import torch
 from transformers import AutoTokenizer
 
-from mmrerank.card import Matryoshka2DReranker
+from mmrerank.model import Matryoshka2DReranker
 
 model = Matryoshka2DReranker.from_pretrained(CHECKPOINT)
 tokenizer = AutoTokenizer.from_pretrained(CHECKPOINT)
@@ -80,3 +80,19 @@ def test_rerank_and_bad_exits(tiny_checkpoint):
         model.compute_score([("q", "d")], layer_idx=3)
     with pytest.raises(ValueError, match="dim_idx 12 is not one of"):
         model.compute_score([("q", "d")], dim_idx=12)
+
+
+def test_compute_score_keeps_each_forward_pass_within_the_token_budget(tiny_checkpoint, monkeypatch):
+    model = Matryoshka2DReranker.from_pretrained(tiny_checkpoint, device="cpu")
+    pairs = [("river", "water " * words) for words in (5, 300, 20, 900, 40, 60)]
+    whole = model.compute_score(pairs, normalize=False)
+    passes, logits = [], model.reranker.logits
+
+    def counted(ids, lengths, layer, dims):
+        passes.append(list(lengths))
+        return logits(ids, lengths, layer, dims)
+
+    monkeypatch.setattr(model.reranker, "logits", counted)
+    budgeted = model.compute_score(pairs, normalize=False, max_batch_tokens=700)
+    assert len(passes) > 1 and all(len(p) == 1 or len(p) * max(p) <= 700 for p in passes), passes  # padded tokens
+    np.testing.assert_allclose(budgeted, whole, atol=1e-5)

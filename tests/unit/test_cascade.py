@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mmrerank.dev.corpus import text
-from mmrerank.serving.contract import InvalidRequestError, Prefilter, RerankOptions, parse_options
+from mmrerank.serving.contract import Prefilter, RequestOptions, RequestRefused, parse_options
 from mmrerank.serving.reranker_step import RerankerStep, ScoreRequest
 
 QUERY = "where is the river library"
@@ -22,7 +22,7 @@ def rows(pair_tokenizer):
 
 
 def options(layer, dim, prefilter=None):
-    return RerankOptions(layer=layer, dim=dim, normalize=False, max_length=32768, truncate=True, prefilter=prefilter)
+    return RequestOptions(layer=layer, dim=dim, normalize=False, max_length=32768, truncate=True, prefilter=prefilter)
 
 
 def plain(step, rows, layer, dim):
@@ -83,7 +83,7 @@ def test_cascades_and_plain_requests_share_one_execute(reranker, rows):
     ],
 )
 def test_bad_cascades_are_refused(reranker, parameters, message):
-    with pytest.raises(InvalidRequestError, match=message):
+    with pytest.raises(RequestRefused, match=message):
         parse_options(parameters, reranker.spec, 32768)
 
 

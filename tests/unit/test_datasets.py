@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mmrerank.dev import facts
+from mmrerank.dev import facts, task_data
 from mmrerank.training.data import read_examples, read_jsonl
 from mmrerank_client import evaluate
 from mmrerank_client.datasets import DatasetError, load_beir, read_run
@@ -18,7 +18,7 @@ SERVED = ServedModel("demo", (1, 2, 4, 6), (8, 16, 32, 64, 128), 6, 128, 32768, 
 
 @pytest.fixture
 def beir(tmp_path: Path) -> Path:
-    return facts.write_beir(tmp_path / "beir", num_queries=6)
+    return task_data.write_beir(tmp_path / "beir", num_queries=6)
 
 
 def test_the_generated_data_set_is_valid_beir(beir):
@@ -94,7 +94,7 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 def test_training_input_is_read_from_jsonl_or_beir(tmp_path, beir):
-    data = facts.write_training_jsonl(tmp_path / "train.jsonl", 5)
+    data = task_data.write_training_jsonl(tmp_path / "train.jsonl", 5)
     examples = read_jsonl(data)
     assert len(examples) == 5 and all(len(example.negatives) == 4 for example in examples)
     (beir / "qrels" / "train.tsv").write_text((beir / "qrels" / "test.tsv").read_text(encoding="utf-8"))

@@ -15,7 +15,7 @@ from mmrerank.dev.corpus import text
 from mmrerank.layout import CheckpointLayout
 from mmrerank.model.attention import GLOBAL_QUERY_BLOCK, global_attention
 from mmrerank.serving import reranker_step
-from mmrerank.serving.contract import InvalidRequestError, Prefilter, RerankOptions, parse_options
+from mmrerank.serving.contract import Prefilter, RequestOptions, RequestRefused, parse_options
 from mmrerank.serving.deadlines import NO_DEADLINE, ShutdownNotice, WorkAbandoned, request_deadline
 from mmrerank.serving.reranker_step import DirectCaps, RerankerStep, ScoreRequest
 from mmrerank.serving.tokenizer_step import TokenizerStep
@@ -31,7 +31,7 @@ def rows(pair_tokenizer):
 
 
 def options(layer=6, dim=128, prefilter=None):
-    return RerankOptions(layer=layer, dim=dim, normalize=False, max_length=32768, truncate=True, prefilter=prefilter)
+    return RequestOptions(layer=layer, dim=dim, normalize=False, max_length=32768, truncate=True, prefilter=prefilter)
 
 
 class LayerCounter:
@@ -155,7 +155,7 @@ def test_long_global_attention_checks_between_query_blocks_with_unchanged_result
 
 @pytest.mark.parametrize("value", [0, -5, 86_400_001, "100", 1.5, True])
 def test_deadline_ms_must_be_a_positive_integer_up_to_a_day(reranker, value):
-    with pytest.raises(InvalidRequestError, match="deadline_ms"):
+    with pytest.raises(RequestRefused, match="deadline_ms"):
         parse_options({"deadline_ms": value}, reranker.spec, 32768)
 
 
@@ -176,7 +176,7 @@ def test_a_direct_call_gets_the_reranker_s_own_caps_and_default_deadline(reranke
     assert options.layer == 2 and deadline == pytest.approx(1000.25)
     _, deadline = step.direct_options({"deadline_ms": 40}, pairs=3, tokens=90, arrived=1000.0)
     assert deadline == pytest.approx(1000.04)
-    with pytest.raises(InvalidRequestError, match="at most 4 are allowed per request"):
+    with pytest.raises(RequestRefused, match="at most 4 are allowed per request"):
         step.direct_options({}, pairs=5, tokens=90, arrived=1000.0)
-    with pytest.raises(InvalidRequestError, match="at most 100 are allowed per request"):
+    with pytest.raises(RequestRefused, match="at most 100 are allowed per request"):
         step.direct_options({}, pairs=3, tokens=101, arrived=1000.0)

@@ -11,7 +11,7 @@ import torch
 from mmrerank.dev.corpus import text
 from mmrerank.model.encoder import rotary_tables
 from mmrerank.model.kernels import PackedRows
-from mmrerank.serving.contract import RerankOptions
+from mmrerank.serving.contract import RequestOptions
 from mmrerank.serving.reranker_step import RerankerStep, ScoreRequest
 
 RTOL = 1e-4
@@ -96,7 +96,7 @@ def test_mixed_layer_batches_equal_one_row_at_a_time(reranker, encoded):
     requests = []
     for i in range(40):
         layer, dim = rng.choice(exits)
-        options = RerankOptions(layer=layer, dim=dim, normalize=False, max_length=32768, truncate=True)
+        options = RequestOptions(layer=layer, dim=dim, normalize=False, max_length=32768, truncate=True)
         requests.append(ScoreRequest([rows[i % len(rows)]], options))
     scored = RerankerStep(reranker, max_batch_tokens=600).score(requests)
     assert len(scored.batches) > 4

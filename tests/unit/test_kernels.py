@@ -20,7 +20,7 @@ from mmrerank.model import MatryoshkaReranker
 from mmrerank.model import kernels as kernels_module
 from mmrerank.model.attention import local_attention
 from mmrerank.model.kernels import KERNELS, PaddedKernel, VarlenKernel, choose_kernel
-from mmrerank.serving.contract import RerankOptions
+from mmrerank.serving.contract import RequestOptions
 from mmrerank.serving.reranker_step import RerankerStep, ScoreRequest
 
 CPU_KERNELS = sorted(name for name, kernel in KERNELS.items() if kernel.runs_on(torch.device("cpu"), torch.float32))
@@ -134,7 +134,7 @@ def test_no_kernel_materialises_more_than_the_planner_budgeted(tiny_checkpoint, 
     config = step.reranker.config
     per_token = max(3 * config.hidden_size, 2 * config.intermediate_size)  # the widest activation per token
     for layer in step.reranker.spec.layer_indices:
-        options = RerankOptions(layer=layer, dim=8, normalize=False, max_length=4096, truncate=True)
+        options = RequestOptions(layer=layer, dim=8, normalize=False, max_length=4096, truncate=True)
         _, largest = with_largest_tensor(step.score, [ScoreRequest(rows, options)])
         assert largest <= 4 * budget * per_token, (layer, largest)
 

@@ -10,7 +10,7 @@ import torch
 from triton_stub import FakeRequest, MetricFamily, answers, load_adapter, model_args
 
 from mmrerank.model import MatryoshkaReranker
-from mmrerank.serving.reranker_step import sigmoid
+from mmrerank.model.heads import sigmoid
 
 
 def texts(*items) -> np.ndarray:

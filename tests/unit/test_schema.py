@@ -6,7 +6,7 @@ import pytest
 
 from mmrerank.api.shapes import CohereRequest, Passthrough, TeiRequest
 from mmrerank.layout import MatryoshkaSpec
-from mmrerank.serving.contract import InvalidRequestError, parse_options
+from mmrerank.serving.contract import RequestRefused, parse_options
 from mmrerank_client import errors
 from mmrerank_client._core import CALL_PARAMETERS, RerankOptions, ScoreOptions, build_request
 from mmrerank_client.schema import PARAMETER_NAMES, PARAMETERS, REASONS, tagged, untagged
@@ -32,7 +32,7 @@ def test_every_route_of_the_front_accepts_every_parameter_of_the_schema():
 @pytest.mark.parametrize("parameter", PARAMETERS, ids=lambda parameter: parameter.name)
 def test_each_end_refuses_a_value_of_the_wrong_type_for_each_parameter(parameter):
     wrong = 1 if parameter.kind is bool else True
-    with pytest.raises(InvalidRequestError, match=f"'{parameter.name}' must be") as refused:
+    with pytest.raises(RequestRefused, match=f"'{parameter.name}' must be") as refused:
         parse_options({parameter.name: wrong}, SPEC, max_length_cap=64, min_max_length=4)
     assert refused.value.reason == "parameter_type"
     if parameter.name != "deadline_ms":  # the client sends its timeout as the deadline
@@ -46,7 +46,7 @@ def test_each_end_refuses_a_value_of_the_wrong_type_for_each_parameter(parameter
 def test_the_fixed_bounds_of_the_schema_hold_at_the_server_and_the_front():
     for name, value in (("prefilter_top_k", 0), ("deadline_ms", 0), ("deadline_ms", 86_400_001)):
         parameters = {name: value, **({"prefilter_layer": 2} if name.startswith("prefilter") else {})}
-        with pytest.raises(InvalidRequestError, match=f"'{name}' must be"):
+        with pytest.raises(RequestRefused, match=f"'{name}' must be"):
             parse_options(parameters, SPEC, max_length_cap=64, min_max_length=4)
         with pytest.raises(ValueError, match=name):
             TeiRequest.model_validate({"query": "q", "texts": ["d"], name: value})
@@ -58,7 +58,7 @@ def test_a_refusal_carries_its_reason_whatever_its_wording():
     assert untagged("[not_a_reason] text") == (None, "[not_a_reason] text")
     assert untagged("no tag") == (None, "no tag")
     with pytest.raises(ValueError, match="unknown refusal reason"):
-        InvalidRequestError("text", "made_up")
+        RequestRefused("text", "made_up")
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mmrerank.dev.corpus import text
-from mmrerank.serving.contract import Prefilter, RerankOptions
+from mmrerank.serving.contract import Prefilter, RequestOptions
 from mmrerank.serving.planner import MicroBatch
 from mmrerank.serving.reranker_step import Outcome, RerankerStep, ScoreRequest
 from mmrerank.serving.scoring_loop import ScoringLoop
@@ -20,7 +20,7 @@ QUERY = "where is the river library"
 
 
 def options(layer=6, dim=128, prefilter=None):
-    return RerankOptions(layer=layer, dim=dim, normalize=False, max_length=32768, truncate=True, prefilter=prefilter)
+    return RequestOptions(layer=layer, dim=dim, normalize=False, max_length=32768, truncate=True, prefilter=prefilter)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmrerank.dev import facts
+from mmrerank.dev import task_data
 from mmrerank.layout import CheckpointLayout, MatryoshkaSpec
 from mmrerank.model.reranker import MatryoshkaReranker
 from mmrerank.training.data import read_jsonl
@@ -22,7 +22,7 @@ def test_head_weights_follow_the_published_training():
 
 
 def test_training_lowers_the_loss_and_writes_a_loadable_checkpoint(tiny_checkpoint, tmp_path):
-    examples = read_jsonl(facts.write_training_jsonl(tmp_path / "train.jsonl", 8))
+    examples = read_jsonl(task_data.write_training_jsonl(tmp_path / "train.jsonl", 8))
     settings = TrainingSettings(batch_size=8, learning_rate=1e-3, max_length=256, max_batch_tokens=2048, epochs=6)
     trainer = Trainer(tiny_checkpoint, settings, torch.device("cpu"))
     rows, labels = trainer.pairs_of(examples)

@@ -16,7 +16,7 @@ import triton_python_backend_utils as pb_utils
 
 from mmrerank.layout import CheckpointLayout
 from mmrerank.model import MatryoshkaReranker
-from mmrerank.serving.contract import InvalidRequestError, RerankOptions, parse_parameters
+from mmrerank.serving.contract import RequestOptions, RequestRefused, parse_parameters
 from mmrerank.serving.deadlines import NO_DEADLINE, CancelNotices, ShutdownNotice
 from mmrerank.serving.metrics import SIZE_CLASSES, Metrics, size_class
 from mmrerank.serving.pair_tokenizer import PairTokenizer
@@ -122,7 +122,7 @@ class TritonPythonModel:
             return
         try:
             prepared = self._prepare(request, arrived)
-        except InvalidRequestError as error:
+        except RequestRefused as error:
             self.metrics.add("mmrerank_requests_rejected_total", 1, step="reranker", reason=error.reason)
             _send(sender, _error(error.wire_message(), pb_utils.TritonError.INVALID_ARG))
             return
@@ -144,7 +144,7 @@ class TritonPythonModel:
             parameters = parse_parameters(request.parameters())
             chosen, deadline = self.step.direct_options(parameters, lengths.size, ids.size, arrived)
         else:
-            chosen, deadline = RerankOptions.from_array(options.as_numpy().reshape(-1)), _deadline(request)
+            chosen, deadline = RequestOptions.from_array(options.as_numpy().reshape(-1)), _deadline(request)
         return self.step.prepare(ids, lengths, chosen, deadline, request.request_id())
 
     def _answer(self, sender, request, outcome):

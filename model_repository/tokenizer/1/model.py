@@ -8,7 +8,7 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from mmrerank.layout import CheckpointLayout
-from mmrerank.serving.contract import InvalidRequestError, parse_parameters
+from mmrerank.serving.contract import RequestRefused, parse_parameters
 from mmrerank.serving.deadlines import CancelNotices
 from mmrerank.serving.metrics import Metrics
 from mmrerank.serving.settings import checkpoint_location, integer_setting, model_parameters
@@ -56,7 +56,7 @@ class TritonPythonModel:
                 parse_parameters(request.parameters()),
                 arrived,
             )
-        except InvalidRequestError as error:
+        except RequestRefused as error:
             self.metrics.add("mmrerank_requests_rejected_total", 1, step="tokenizer", reason=error.reason)
             return pb_utils.InferenceResponse(
                 error=pb_utils.TritonError(error.wire_message(), pb_utils.TritonError.INVALID_ARG)

@@ -1,6 +1,8 @@
-"""The model card's in-process API on the packed, early-exit library: migrate by changing one import.
+"""The in-process API: the model card's `Matryoshka2DReranker` on the packed, early-exit library.
 
-    from mmrerank.card import Matryoshka2DReranker      # was: from train_rerank import Matryoshka2DReranker
+Code written for the card migrates by changing one import:
+
+    from mmrerank.model import Matryoshka2DReranker     # was: from train_rerank import Matryoshka2DReranker
 
     model = Matryoshka2DReranker.from_pretrained("path/or/hub-id")
     scores = model.compute_score(pairs, tokenizer, layer_idx=11, dim_idx=256, normalize=True)
@@ -9,7 +11,8 @@
 Scores equal the served ones for the same checkpoint, exit and precision: the same pair tokenizer (the
 checkpoint's own, cutting the document and never the query) and the same `MatryoshkaReranker`. A
 pair is capped at the encoder's full context unless `max_length` says otherwise (the card's code cut
-at 512 tokens).
+at 512 tokens). Pairs run in micro-batches the server's planner cuts under a token budget, so 32
+pairs of 32K tokens never share one forward pass.
 """
 
 from __future__ import annotations
@@ -22,9 +25,13 @@ import numpy as np
 import torch
 
 from mmrerank.layout import CheckpointLayout
+from mmrerank.model.heads import sigmoid
 from mmrerank.model.reranker import MatryoshkaReranker
 from mmrerank.serving.pair_tokenizer import PairTokenizer
-from mmrerank.serving.reranker_step import sigmoid
+from mmrerank.serving.planner import plan_micro_batches
+
+# Tokens per micro-batch, padding included where the kernel pads (the GPU config's budget).
+DEFAULT_BATCH_TOKENS = 65536
 
 
 class Matryoshka2DReranker:
@@ -73,28 +80,31 @@ class Matryoshka2DReranker:
         normalize: bool = True,
         batch_size: int = 32,
         max_length: int | None = None,
+        max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
     ) -> list[float]:
         """A score per (query, document) pair, in input order: sigmoid scores, or raw logits without `normalize`.
 
         `layer_idx` / `dim_idx` pick the exit (default: the deepest layer, the widest head). The
         `tokenizer` the card passes is accepted and not needed: the checkpoint's own encodes the pairs.
-        Pairs run `batch_size` at a time, shortest first, packed without padding.
+        Pairs run in micro-batches of at most `batch_size` pairs and `max_batch_tokens` tokens (a
+        longer pair runs alone), cut as the server's planner cuts them.
         """
         spec = self.reranker.spec
         layer = spec.default_layer if layer_idx is None else layer_idx
         dim = spec.default_dim if dim_idx is None else dim_idx
         if dim not in spec.dim_indices:
             raise ValueError(f"dim_idx {dim} is not one of {list(spec.dim_indices)}")
-        if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+        if batch_size < 1 or max_batch_tokens < 1:
+            raise ValueError("batch_size and max_batch_tokens must be at least 1")
         rows = self._encode(pairs, max_length or self.reranker.config.max_position_embeddings)
         logits = np.empty(len(rows), dtype=np.float32)
-        order = sorted(range(len(rows)), key=lambda index: len(rows[index]))
-        for start in range(0, len(order), batch_size):
-            chosen = order[start : start + batch_size]
-            ids = np.concatenate([rows[index] for index in chosen])
-            lengths = [len(rows[index]) for index in chosen]
-            logits[chosen] = self.reranker.logits(ids, lengths, layer, [dim] * len(chosen))
+        lengths = [len(row) for row in rows]
+        planned = plan_micro_batches(lengths, [layer] * len(rows), max_batch_tokens, self.reranker.kernel.pads)
+        for batch in planned:
+            for start in range(0, len(batch.indices), batch_size):
+                chosen = list(batch.indices[start : start + batch_size])
+                ids = np.concatenate([rows[index] for index in chosen])
+                logits[chosen] = self.reranker.logits(ids, [lengths[i] for i in chosen], layer, [dim] * len(chosen))
         scores = sigmoid(logits) if normalize else logits
         return [float(score) for score in scores]
 

@@ -33,7 +33,7 @@ SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")  # ids 0, 1, 2, 
 
 @dataclass(frozen=True)
 class Preset:
-    """Shape of a demo checkpoint."""
+    """Shape of a random-weight checkpoint."""
 
     encoder: EncoderConfig
     spec: MatryoshkaSpec
@@ -180,7 +180,7 @@ def write_tokenizer_files(tokenizer: Tokenizer, out_dir: Path, max_length: int) 
     )
 
 
-def build_demo_checkpoint(
+def build_random_checkpoint(
     out_dir: str | Path, preset: str = "tiny", seed: int = 0, tokenizer_lines: Iterable[str] | None = None
 ) -> Path:
     """Write a random-weight checkpoint of the given preset to `out_dir` and return its path."""
@@ -211,15 +211,15 @@ def build_demo_checkpoint(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command line: `make-demo-checkpoint OUT_DIR [--preset tiny|base] [--seed N]`."""
+    """Command line: `make-random-checkpoint OUT_DIR [--preset tiny|base] [--seed N]`."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    path = build_demo_checkpoint(args.out_dir, args.preset, args.seed)
-    LOGGER.info("demo checkpoint (random weights, scores carry no meaning) written to %s", path)
+    path = build_random_checkpoint(args.out_dir, args.preset, args.seed)
+    LOGGER.info("random-weight checkpoint (its scores carry no meaning) written to %s", path)
     return 0
 
 
