@@ -31,6 +31,7 @@ from typing import Any
 
 from mmrerank_client.datasets import BeirDataset, DatasetError, load_beir, read_run
 from mmrerank_client.errors import RerankError
+from mmrerank_client.schema import Prefilter
 from mmrerank_client.sync import RerankClient
 from mmrerank_client.types import RerankResponse, ServedModel
 
@@ -42,21 +43,12 @@ Run = dict[str, dict[str, float]]
 
 
 @dataclass(frozen=True)
-class Cascade:
-    """A cascade's cheap stage: every candidate at (layer, dim), the best `top_k` continue to the deep exit."""
-
-    layer: int
-    dim: int
-    top_k: int
-
-
-@dataclass(frozen=True)
 class Setting:
     """One way to rerank: an exit, optionally behind a cascade's cheap stage."""
 
     layer: int
     dim: int
-    cascade: Cascade | None = None
+    cascade: Prefilter | None = None
 
     @property
     def label(self) -> str:
@@ -92,7 +84,7 @@ def parse_cascade(text: str, served: ServedModel) -> Setting:
         raise ValueError(f"cascade {text!r} must read L:D:K>L:D (prefilter layer:dim:top_k > layer:dim)")
     layer, dim, top_k = _integers(cheap, 3, "cascade prefilter")
     deep_layer, deep_dim = _integers(deep, 2, "cascade exit")
-    setting = Setting(deep_layer, deep_dim, Cascade(layer, dim, top_k))
+    setting = Setting(deep_layer, deep_dim, Prefilter(layer, dim, top_k))
     _check_exit(layer, dim, served)
     _check_exit(setting.layer, setting.dim, served)
     if layer >= setting.layer or top_k < 1:

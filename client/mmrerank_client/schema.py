@@ -62,6 +62,15 @@ BY_NAME = {parameter.name: parameter for parameter in PARAMETERS}
 
 
 @dataclass(frozen=True)
+class Prefilter:
+    """A cascade's cheap stage: every document at (layer, dim), the best `top_k` continue to the request's exit."""
+
+    layer: int
+    dim: int
+    top_k: int
+
+
+@dataclass(frozen=True)
 class Caps:
     """A deployment's limits, as the tokenizer step enforces them (the reranker too, when called directly)."""
 

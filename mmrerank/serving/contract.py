@@ -22,6 +22,7 @@ from mmrerank_client.schema import (
     PARAMETERS,
     REASONS,
     Parameter,
+    Prefilter,
     range_problem,
     tagged,
 )
@@ -46,15 +47,6 @@ class RequestRefused(ValueError):
     def wire_message(self) -> str:
         """The message as the response carries it: `[reason] message`."""
         return tagged(self.reason, str(self))
-
-
-@dataclass(frozen=True)
-class Prefilter:
-    """A cascade: score every document at (layer, dim), continue the best `top_k` to the request's exit."""
-
-    layer: int
-    dim: int
-    top_k: int
 
 
 @dataclass(frozen=True)

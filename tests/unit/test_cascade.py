@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from mmrerank.dev.corpus import text
-from mmrerank.serving.contract import Prefilter, RequestOptions, RequestRefused, parse_options
+from mmrerank.serving.contract import RequestOptions, RequestRefused, parse_options
 from mmrerank.serving.reranker_step import RerankerStep, ScoreRequest
+from mmrerank_client.schema import Prefilter
 
 QUERY = "where is the river library"
 

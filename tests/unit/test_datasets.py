@@ -11,6 +11,7 @@ from mmrerank.dev import facts, task_data
 from mmrerank.training.data import read_examples, read_jsonl
 from mmrerank_client import evaluate
 from mmrerank_client.datasets import DatasetError, load_beir, read_run
+from mmrerank_client.schema import Prefilter
 from mmrerank_client.types import ServedModel
 
 SERVED = ServedModel("demo", (1, 2, 4, 6), (8, 16, 32, 64, 128), 6, 128, 32768, 1000, 262144, ("layer", "dim"))
@@ -78,7 +79,7 @@ def test_exit_and_cascade_settings_are_parsed_and_checked_against_the_server():
     assert len(evaluate.parse_exits("all", SERVED)) == 20
     assert evaluate.parse_exits("2:64, 6:128", SERVED) == [evaluate.Setting(2, 64), evaluate.Setting(6, 128)]
     cascade = evaluate.parse_cascade("1:32:10>6:128", SERVED)
-    assert cascade == evaluate.Setting(6, 128, evaluate.Cascade(1, 32, 10))
+    assert cascade == evaluate.Setting(6, 128, Prefilter(1, 32, 10))
     assert cascade.label == "L1 D32 top 10 > L6 D128"
     for bad in ("3:64", "2:64:1", "two:64"):
         with pytest.raises(ValueError):

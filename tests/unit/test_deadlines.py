@@ -15,10 +15,11 @@ from mmrerank.dev.corpus import text
 from mmrerank.layout import CheckpointLayout
 from mmrerank.model.attention import GLOBAL_QUERY_BLOCK, global_attention
 from mmrerank.serving import reranker_step
-from mmrerank.serving.contract import Prefilter, RequestOptions, RequestRefused, parse_options
+from mmrerank.serving.contract import RequestOptions, RequestRefused, parse_options
 from mmrerank.serving.deadlines import NO_DEADLINE, ShutdownNotice, WorkAbandoned, request_deadline
 from mmrerank.serving.reranker_step import DirectCaps, RerankerStep, ScoreRequest
 from mmrerank.serving.tokenizer_step import TokenizerStep
+from mmrerank_client.schema import Prefilter
 
 QUERY = "where is the river library"
 

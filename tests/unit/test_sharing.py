@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from mmrerank.dev.corpus import text
-from mmrerank.serving.contract import Prefilter, RequestOptions
+from mmrerank.serving.contract import RequestOptions
 from mmrerank.serving.planner import MicroBatch
 from mmrerank.serving.reranker_step import Outcome, RerankerStep, ScoreRequest
 from mmrerank.serving.scoring_loop import ScoringLoop
+from mmrerank_client.schema import Prefilter
 
 QUERY = "where is the river library"
 
