@@ -26,7 +26,9 @@ import torch
 
 from mmrerank.layout import CheckpointLayout
 from mmrerank.model.heads import sigmoid
-from mmrerank.model.reranker import MatryoshkaReranker
+from mmrerank.model.precision import choose_precision
+from mmrerank.model.reranker import MatryoshkaReranker, default_precision
+from mmrerank.model.weights import Checkpoint, load_checkpoint
 from mmrerank.serving.pair_tokenizer import PairTokenizer
 from mmrerank.serving.planner import plan_micro_batches
 
@@ -65,11 +67,23 @@ class Matryoshka2DReranker:
         return self
 
     def to(self, device: str | torch.device) -> Matryoshka2DReranker:
-        """The same checkpoint on `device` (in that device's default precision when it changes)."""
+        """The same checkpoint on `device`, in that device's default precision when it changes.
+
+        fp32 weights (the CPU default) move as they are; weights held at a lower precision are read
+        from the checkpoint again, so the move never compounds their rounding.
+        """
         target = torch.device(device)
         if target == self.device:
             return self
-        return Matryoshka2DReranker.from_pretrained(self.layout.directory, target, attention=self.attention)
+        reranker = self.reranker
+        if reranker.precision.name == "fp32":
+            checkpoint = Checkpoint(self.layout, reranker.encoder.state_dict(), reranker.heads.state_dict())
+        else:
+            checkpoint = load_checkpoint(self.layout)
+        precision = choose_precision(default_precision(target), target)
+        return Matryoshka2DReranker(
+            self.layout, MatryoshkaReranker(checkpoint, target, precision, self.attention), self.attention
+        )
 
     def compute_score(
         self,

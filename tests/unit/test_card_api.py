@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from mmrerank.model import Matryoshka2DReranker
+from mmrerank.model import Matryoshka2DReranker, in_process
 
 # The card's "Basic Usage" and "Reranking Pipeline" code, verbatim but for the import and the model id.
 CARD_SNIPPET = '''
@@ -96,3 +97,14 @@ def test_compute_score_keeps_each_forward_pass_within_the_token_budget(tiny_chec
     budgeted = model.compute_score(pairs, normalize=False, max_batch_tokens=700)
     assert len(passes) > 1 and all(len(p) == 1 or len(p) * max(p) <= 700 for p in passes), passes  # padded tokens
     np.testing.assert_allclose(budgeted, whole, atol=1e-5)
+
+
+def test_to_moves_fp32_weights_without_reading_the_checkpoint_again(tiny_checkpoint, monkeypatch):
+    """`cpu:0` is another device to PyTorch's eyes (a GPU is not here): the weights move, nothing is read."""
+    model = Matryoshka2DReranker.from_pretrained(tiny_checkpoint, device="cpu")
+    pairs = [("river delta", "The river reaches the sea."), ("river", "bread " * 50)]
+    before = model.compute_score(pairs, normalize=False)
+    monkeypatch.setattr(in_process, "load_checkpoint", lambda *_: pytest.fail("the checkpoint was read again"))
+    moved = model.to("cpu:0")
+    assert moved is not model and moved.device == torch.device("cpu", 0) and model.to("cpu") is model
+    np.testing.assert_allclose(moved.compute_score(pairs, normalize=False), before, atol=1e-6)
