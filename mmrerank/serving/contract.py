@@ -144,9 +144,11 @@ def parse_options(
             f"unknown parameter {quote(unknown[0])}; allowed parameters: {', '.join(PARAMETER_NAMES)}",
             "unknown_parameter",
         )
-    for parameter in PARAMETERS:
+    for parameter in PARAMETERS:  # types and fixed bounds first, whatever the parameter
         if parameter.name in parameters:
-            _typed(parameters, parameter, False)
+            value = _typed(parameters, parameter, False)
+            if parameter.bound == "range" and (problem := range_problem(parameter.name, int(value))):
+                raise RequestRefused(problem, "parameter_value")
     layer = _one_of(parameters, "layer", spec.default_layer, spec.layer_indices)
     dim = _one_of(parameters, "dim", spec.default_dim, spec.dim_indices)
     return RequestOptions(
