@@ -23,6 +23,7 @@ from pathlib import Path
 from mmrerank.launch.repository import RepositoryError, materialize
 from mmrerank.launch.supervisor import Companion, LaunchError, Supervisor
 from mmrerank.layout import CheckpointError, CheckpointLayout
+from mmrerank.serving.core_share import CPU_SHARE_ENV, CPU_SHARE_OFF, CoreShare
 from mmrerank.serving.deadlines import CANCEL_DIRECTORY_ENV, SHUTDOWN_NOTICE_ENV, ShutdownNotice
 from mmrerank.serving.settings import CHECKPOINT_ENV, PRECISIONS
 from mmrerank_client.schema import FRONT
@@ -265,6 +266,9 @@ def run(args: argparse.Namespace) -> int:
         cancelled = Path(scratch) / "cancelled"
         cancelled.mkdir()
         command.env[CANCEL_DIRECTORY_ENV] = str(cancelled)
+        # CPU reranker instances size their threads to how many of them are scoring (a lone request: every core).
+        if os.environ.get(CPU_SHARE_ENV) != CPU_SHARE_OFF:
+            command.env[CPU_SHARE_ENV] = str(CoreShare.create(Path(scratch) / "cpu-share"))
         LOGGER.info("serving checkpoint %s (exits: layers %s x widths %s)", layout.directory,
                     list(layout.spec.layer_indices), list(layout.spec.dim_indices))  # fmt: skip
         if os.environ.get(API_KEY_ENV):

@@ -4,7 +4,9 @@ An instance that returns from `execute` gets the next requests from Triton's dyn
 right away, so a request that arrives while others are being scored joins the step's pool and
 starts within one micro-batch instead of waiting for a whole `execute`. The thread owns the pool;
 `submit` blocks while `max_in_flight` requests are in it, so beyond that requests wait in
-Triton's queue, whose size limit and timeouts keep their meaning.
+Triton's queue, whose size limit and timeouts keep their meaning. On a CPU with a `CoreShare`, the
+thread sizes PyTorch's thread count before each micro-batch to this instance's share of the cores
+among the instances scoring at that moment.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from mmrerank.serving.core_share import CoreShare
 from mmrerank.serving.planner import MicroBatch
 from mmrerank.serving.reranker_step import Done, Outcome, RerankerStep, ScoreRequest
 
@@ -29,9 +32,11 @@ class ScoringLoop:
         on_batch: Callable[[MicroBatch], None],
         on_failure: Callable[[BaseException], None],
         threads: int | None = None,
+        share: CoreShare | None = None,
     ) -> None:
         self.step = step
         self.threads = threads
+        self.share = share
         self.max_in_flight = max_in_flight
         self._on_batch = on_batch
         self._on_failure = on_failure
@@ -83,11 +88,26 @@ class ScoringLoop:
                 self.step.admit(request, done, arrived)
             if stopping:
                 self.step.abandon_all("shutdown")
+                if self.share is not None:
+                    self.share.close()
                 return
+            self._take_share()
             try:
                 ran = self.step.run_next()
             except Exception as error:  # noqa: BLE001 - the failing batch's requests are answered; go on
                 self._on_failure(error)
                 continue
+            finally:
+                if self.share is not None and not self.step.in_flight:
+                    self.share.set_busy(False)
             if ran is not None:
                 self._on_batch(ran)
+
+    def _take_share(self) -> None:
+        """Before a micro-batch: mark this instance busy and take its share of the cores among the busy ones."""
+        if self.share is None or not self.step.in_flight:
+            return
+        self.share.set_busy(True)
+        threads = self.share.threads()
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)

@@ -17,6 +17,7 @@ import triton_python_backend_utils as pb_utils
 from mmrerank.layout import CheckpointLayout
 from mmrerank.model import MatryoshkaReranker
 from mmrerank.serving.contract import RequestOptions, RequestRefused, parse_parameters
+from mmrerank.serving.core_share import CoreShare
 from mmrerank.serving.deadlines import NO_DEADLINE, CancelNotices, ShutdownNotice
 from mmrerank.serving.metrics import SIZE_CLASSES, Metrics, size_class
 from mmrerank.serving.pair_tokenizer import PairTokenizer
@@ -53,7 +54,8 @@ class TritonPythonModel:
         settings = model_parameters(model_config)
         device = _device(args)
         # CPU instances share the cores instead of each taking them all (here and on the scoring thread)
-        threads = cpu_threads_per_instance(model_config, len(os.sched_getaffinity(0))) if device.type == "cpu" else None
+        cores = len(os.sched_getaffinity(0))
+        threads = cpu_threads_per_instance(model_config, cores) if device.type == "cpu" else None
         if threads is not None:
             torch.set_num_threads(threads)
         layout = CheckpointLayout.open(checkpoint_location(settings))
@@ -90,6 +92,7 @@ class TritonPythonModel:
             self.step,
             max_in_flight=integer_setting(settings, "max_requests_in_flight"),
             threads=threads,
+            share=CoreShare.from_environment(args.get("model_instance_name", ""), cores) if threads else None,
             on_batch=self._record_batch,
             on_failure=lambda error: self.logger.log_error(
                 "scoring failed:\n" + "".join(traceback.format_exception(error))
