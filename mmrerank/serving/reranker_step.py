@@ -132,7 +132,9 @@ class RerankerStep:
     Work stops for a request once nobody waits for it (its deadline or a shutdown's grace has
     passed, or its client left the rerank API front): it leaves the pool before the next
     micro-batch, and a running micro-batch stops at the next encoder layer once nobody waits for
-    any of its requests. The pool is not thread-safe: one thread admits and runs.
+    any of its requests. The pool is not thread-safe: one thread admits and runs. `between_layers`,
+    when set, runs wherever work may stop (before each encoder layer): the scoring loop resizes
+    PyTorch's threads there.
     """
 
     def __init__(
@@ -148,6 +150,7 @@ class RerankerStep:
         self.shutdown = shutdown or ShutdownNotice(None)
         self.caps = caps
         self.cancels = cancels or CancelNotices(None)
+        self.between_layers: Callable[[], None] | None = None
         self._pool: list[_InFlight] = []
         self._admissions = itertools.count()
 
@@ -311,6 +314,8 @@ class RerankerStep:
         """A check where work may stop: once nobody waits for any of `requests`, it raises WorkAbandoned."""
 
         def stop_check() -> None:
+            if self.between_layers is not None:
+                self.between_layers()
             if all(self.given_up(request) for request in requests):
                 raise WorkAbandoned
 

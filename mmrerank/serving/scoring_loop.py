@@ -5,8 +5,9 @@ right away, so a request that arrives while others are being scored joins the st
 starts within one micro-batch instead of waiting for a whole `execute`. The thread owns the pool;
 `submit` blocks while `max_in_flight` requests are in it, so beyond that requests wait in
 Triton's queue, whose size limit and timeouts keep their meaning. On a CPU with a `CoreShare`, the
-thread sizes PyTorch's thread count before each micro-batch to this instance's share of the cores
-among the instances scoring at that moment.
+thread sizes PyTorch's thread count to this instance's share of the cores among the instances
+scoring at that moment, before each micro-batch and again before each encoder layer, so a lone
+request's extra threads give way within a layer once another instance starts.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class ScoringLoop:
         self.step = step
         self.threads = threads
         self.share = share
+        if share is not None:
+            step.between_layers = self._follow_share
         self.max_in_flight = max_in_flight
         self._on_batch = on_batch
         self._on_failure = on_failure
@@ -108,6 +111,12 @@ class ScoringLoop:
         if self.share is None or not self.step.in_flight:
             return
         self.share.set_busy(True)
+        self._follow_share()
+
+    def _follow_share(self) -> None:
+        """Set PyTorch's thread count to this instance's share of the cores now."""
+        if self.share is None:
+            return
         threads = self.share.threads()
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)

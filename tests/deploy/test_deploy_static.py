@@ -58,10 +58,12 @@ def test_container_runs_the_launchers_command_line(dockerfile, tmp_path, monkeyp
     fake_server.write_text("#!/bin/sh\n")
     fake_server.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
+    for name in launcher.OPENMP_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
     args = launcher.parse_args(entrypoint[1:] + cmd)
     command = launcher.server_command(args, Path("/models/checkpoint"), backend_dir=None)
     assert command.argv[0] == str(fake_server)
-    assert command.env == {"MMRERANK_CHECKPOINT": "/models/checkpoint", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert command.env == {"MMRERANK_CHECKPOINT": "/models/checkpoint", **launcher.OPENMP_DEFAULTS}
     expected = {
         "--model-repository=/opt/mmrerank/model_repository",
         "--http-address=0.0.0.0",

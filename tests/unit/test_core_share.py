@@ -76,3 +76,38 @@ def test_the_scoring_thread_takes_every_core_alone_and_its_share_beside_a_busy_i
         other.close()
     assert [outcome.abandoned for outcome in outcomes] == [None, None]
     assert all(thread.name != "mmrerank-scoring" for thread in threading.enumerate())
+
+
+class AnotherStartsMidBatch(FakeStep):
+    """A micro-batch of two layers; another instance starts scoring between them."""
+
+    def __init__(self, other: CoreShare) -> None:
+        super().__init__()
+        self.other = other
+        self.threads: list[int] = []
+        self.between_layers = None
+
+    def run_next(self) -> MicroBatch | None:
+        if self.jobs and self.release.is_set():
+            self.threads.append(torch.get_num_threads())
+            self.other.set_busy(True)
+            self.between_layers()
+            self.threads.append(torch.get_num_threads())
+        return super().run_next()
+
+
+def test_a_lone_requests_extra_threads_give_way_at_the_next_layer(share_file):
+    share = CoreShare.from_environment("reranker_0_0", cores=2)
+    other = CoreShare.from_environment("reranker_0_1", cores=2)
+    step, outcomes = AnotherStartsMidBatch(other), []
+    loop = ScoringLoop(step, max_in_flight=4, on_batch=lambda batch: None, on_failure=print, threads=1, share=share)
+    try:
+        step.release.set()
+        loop.submit(request(), outcomes.append)
+        deadline = time.monotonic() + 5
+        while not outcomes and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert step.threads == [2, 1]
+    finally:
+        loop.stop()
+        other.close()

@@ -72,6 +72,14 @@ def test_a_request_past_its_deadline_costs_nothing_and_its_batch_mates_are_score
     assert [len(batch.indices) for batch in scored.batches] == [3]
 
 
+def test_the_step_runs_its_between_layers_hook_before_every_layer(reranker, rows, layers_run):
+    step = RerankerStep(reranker, max_batch_tokens=100_000)
+    layers_before = []
+    step.between_layers = lambda: layers_before.append(layers_run.count)
+    step.score([ScoreRequest(rows, options(layer=6))])
+    assert layers_before == [0, 1, 2, 3, 4, 5]
+
+
 def test_a_deadline_passing_mid_batch_stops_at_the_next_layer(reranker, rows, layers_run, monkeypatch):
     clock = itertools.count(1000.0, 1.0)  # every look at the clock is one second later
     monkeypatch.setattr(reranker_step.time, "monotonic", lambda: next(clock))

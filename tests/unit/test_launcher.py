@@ -26,7 +26,8 @@ def command(tmp_path, monkeypatch, *argv, env=None):
     fake.write_text("#!/bin/sh\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    for name in launcher.OPENMP_DEFAULTS:
+        monkeypatch.delenv(name, raising=False)
     for key, value in (env or {}).items():
         monkeypatch.setenv(key, value)
     return launcher.server_command(launcher.parse_args(list(argv)), Path("/ckpt"), backend_dir=None)
@@ -38,13 +39,15 @@ def test_defaults_bind_loopback_and_pick_the_cpu_config_without_a_gpu(tmp_path, 
     assert {"--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1"} <= set(built.argv)
     assert "--model-config-name=cpu" in built.argv
     assert "--grpc-infer-allocation-pool-size=0" in built.argv  # no gRPC request object keeps a large request's memory
-    assert built.env == {"MMRERANK_CHECKPOINT": "/ckpt", "OMP_WAIT_POLICY": "PASSIVE"}
+    assert built.env == {"MMRERANK_CHECKPOINT": "/ckpt", **launcher.OPENMP_DEFAULTS}
     assert not any("restricted" in arg or "model-control" in arg for arg in built.argv)
 
 
-def test_idle_openmp_threads_sleep_unless_told_otherwise(tmp_path, monkeypatch):
+def test_idle_openmp_threads_sleep_after_a_short_spin_unless_told_otherwise(tmp_path, monkeypatch):
     assert command(tmp_path, monkeypatch).env["OMP_WAIT_POLICY"] == "PASSIVE"
-    assert command(tmp_path, monkeypatch, env={"OMP_WAIT_POLICY": "ACTIVE"}).env["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert command(tmp_path, monkeypatch).env["GOMP_SPINCOUNT"] == "30000"
+    told = command(tmp_path, monkeypatch, env={"OMP_WAIT_POLICY": "ACTIVE", "GOMP_SPINCOUNT": "0"}).env
+    assert (told["OMP_WAIT_POLICY"], told["GOMP_SPINCOUNT"]) == ("ACTIVE", "0")
 
 
 def test_gpu_and_named_configs(tmp_path, monkeypatch):
