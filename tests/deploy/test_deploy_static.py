@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from manifests import K8S, envoy_binary, envoy_config, k8s_objects
+from servers import fake_tritonserver
 
 from mmrerank.launch import launcher
 
@@ -54,12 +55,7 @@ def test_every_copied_path_exists(dockerfile):
 def test_container_runs_the_launchers_command_line(dockerfile, tmp_path, monkeypatch):
     entrypoint, cmd = instruction(dockerfile, "ENTRYPOINT"), instruction(dockerfile, "CMD")
     assert entrypoint[0] == "mmrerank-serve"
-    fake_server = tmp_path / "tritonserver"
-    fake_server.write_text("#!/bin/sh\n")
-    fake_server.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    for name in launcher.OPENMP_DEFAULTS:
-        monkeypatch.delenv(name, raising=False)
+    fake_server = fake_tritonserver(tmp_path, monkeypatch)
     args = launcher.parse_args(entrypoint[1:] + cmd)
     command = launcher.server_command(args, Path("/models/checkpoint"), backend_dir=None)
     assert command.argv[0] == str(fake_server)

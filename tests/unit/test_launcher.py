@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from servers import fake_tritonserver
 
 from mmrerank.dev.background import free_ports
 from mmrerank.launch import configs, launcher
@@ -22,12 +23,7 @@ from mmrerank_client.schema import PARAMETER_NAMES
 
 
 def command(tmp_path, monkeypatch, *argv, env=None):
-    fake = tmp_path / "tritonserver"
-    fake.write_text("#!/bin/sh\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:/usr/bin:/bin")
-    for name in launcher.OPENMP_DEFAULTS:
-        monkeypatch.delenv(name, raising=False)
+    fake_tritonserver(tmp_path, monkeypatch)
     for key, value in (env or {}).items():
         monkeypatch.setenv(key, value)
     return launcher.server_command(launcher.parse_args(list(argv)), Path("/ckpt"), backend_dir=None)
