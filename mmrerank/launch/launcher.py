@@ -99,7 +99,7 @@ def served_config_name(args: argparse.Namespace) -> str | None:
 # Several reranker instances share the CPU cores. OpenMP threads that spin while idle starve the
 # busy instance (4 concurrent requests ran at 0.31x in-process speed instead of 1.10x), so they
 # sleep; but a lone request spread over every core (the CPU share) wakes its threads at each of the
-# encoder's many small parallel regions, and from sleep that cost 1.5x on short documents. A short
+# encoder's many small parallel regions, and from sleep that cost 1.4-1.7x on short documents. A short
 # spin (30,000 rounds) keeps them awake within a forward pass and asleep between requests.
 OPENMP_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE", "GOMP_SPINCOUNT": "30000"}
 
